@@ -1,0 +1,52 @@
+"""Wiring: the Faust app of a worker, with the engine service and the web views.
+
+No logic lives here; see `pipeline.engine` for the event path.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from streamguard.pipeline.engine import Engine
+from streamguard.pipeline.service import EngineService
+from streamguard.privacy import Pseudonymizer
+from streamguard.settings import Settings
+from streamguard.topics.names import TopicNames
+from streamguard.topics.spec import load_specs
+
+
+def worker_id(data_dir: Path) -> str:
+    """A stable id for the worker that owns `data_dir`: a restart fences its own predecessor."""
+    path = data_dir / "worker-id"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(6))
+    return path.read_text().strip()
+
+
+def create_app(settings: Settings) -> faust.App:
+    data_dir = Path(settings.data_dir)
+    names = TopicNames.resolve(load_specs(settings.topic_prefix, settings.app_id), settings.topic_prefix,
+                               settings.app_id)
+    engine = Engine(settings, names, Pseudonymizer(settings.require_hash_key()), worker_id(data_dir))
+    app = faust.App(
+        f"{settings.app_id}-worker",
+        broker=f"kafka://{settings.bootstrap.split(',')[0]}",
+        datadir=str(data_dir / "faust"),
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        topic_allow_declare=False,
+    )
+    service = EngineService(engine)
+    app.service(service)
+
+    @app.page("/streamguard/stats/")
+    async def stats(web: Any, request: Any) -> Any:
+        return web.json({"ready": engine.ready.is_set(), **engine.stats.as_dict()})
+
+    return app

@@ -1,0 +1,126 @@
+"""`streamguard`: the command line of workers, topics, the demo and the schemas.
+
+Flags override `STREAMGUARD_*` variables; the settings object is built here,
+once, and passed down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from streamguard import settings as settings_module
+from streamguard.errors import StreamguardError
+from streamguard.settings import Settings
+
+log = logging.getLogger("streamguard")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        settings = settings_module.load(**_overrides(args))
+        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        run: Callable[[Settings, argparse.Namespace], int] = args.run
+        return run(settings, args)
+    except StreamguardError as exc:
+        print(f"streamguard: {exc}", file=sys.stderr)
+        return 1
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    names = ("bootstrap", "web_port", "data_dir", "topic_prefix", "app_id", "log_level")
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--bootstrap", help="Kafka bootstrap servers (STREAMGUARD_BOOTSTRAP)")
+    common.add_argument("--topic-prefix", help="prefix of every topic (STREAMGUARD_TOPIC_PREFIX)")
+    common.add_argument("--app-id", help="application id and consumer group (STREAMGUARD_APP_ID)")
+    common.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (STREAMGUARD_LOG_LEVEL)")
+    parser = argparse.ArgumentParser(prog="streamguard", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(title="commands")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, parents=[common])
+
+    worker = command("worker", "run a worker: decide every event of the input topics")
+    worker.add_argument("--web-port", type=int, help="port of the worker's web server (STREAMGUARD_WEB_PORT)")
+    worker.add_argument("--data-dir", type=Path, help="the worker's state directory (STREAMGUARD_DATA_DIR)")
+    worker.set_defaults(run=_worker)
+
+    topics = command("topics", "create the topics of topics/ and report drift")
+    topics.add_argument("action", choices=["create", "check"])
+    topics.set_defaults(run=_topics)
+
+    demo = command("demo", "stream labelled demo traffic and show what the workers decide")
+    demo.add_argument("--rate", type=float, default=500.0, help="events per second")
+    demo.add_argument("--seconds", type=float, default=60.0, help="how long to send")
+    demo.add_argument("--seed", type=int, default=1)
+    demo.set_defaults(run=_demo)
+
+    schemas = command("schemas", "write the JSON Schemas of the events into topics/schemas")
+    schemas.add_argument("--check", action="store_true", help="fail if the files on disk are stale")
+    schemas.set_defaults(run=_schemas)
+    return parser
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from streamguard.app import create_app  # imports faust: only for the worker
+
+    _apply_topics(settings, quiet=True)
+    app = create_app(settings)
+    import faust
+
+    worker = faust.Worker(app, loglevel=settings.log_level, override_logging=False)
+    worker.execute_from_commandline()
+    return 0
+
+
+def _topics(settings: Settings, args: argparse.Namespace) -> int:
+    problems = _apply_topics(settings, quiet=False, create=args.action == "create")
+    return 1 if problems else 0
+
+
+def _apply_topics(settings: Settings, quiet: bool, create: bool = True) -> list[str]:
+    from streamguard.topics import admin
+    from streamguard.topics.spec import load_specs
+
+    specs = load_specs(settings.topic_prefix, settings.app_id)
+    client = admin.admin_client(settings.bootstrap)
+    if create:
+        for name in admin.create_missing(client, specs):
+            print(f"created {name}")
+    problems = admin.drift(client, specs)
+    for problem in problems:
+        print(f"drift: {problem}", file=sys.stderr)
+    if not problems and not quiet:
+        print(f"{len(specs)} topics match topics/")
+    return problems
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from streamguard.demo.run import run_demo
+
+    return run_demo(settings, rate=args.rate, seconds=args.seconds, seed=args.seed)
+
+
+def _schemas(settings: Settings, args: argparse.Namespace) -> int:
+    from streamguard.schemas import write_schemas
+
+    stale = write_schemas(check_only=args.check)
+    for path in stale:
+        print(f"{'stale' if args.check else 'wrote'} {path}")
+    return 1 if args.check and stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

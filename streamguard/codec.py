@@ -1,0 +1,89 @@
+"""JSON in and out: events are decoded and validated here, verdicts encoded.
+
+`decode_event` is the single gate between raw Kafka bytes and the rest of
+streamguard: it either returns a valid event or raises `InvalidEvent` with the
+dead-letter code and a detail that names the JSON path.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Final
+
+import msgspec
+
+from streamguard.errors import InvalidEvent
+from streamguard.events import AnyEvent, ErrorCode, Verdict
+
+MAX_EVENT_BYTES: Final = 64 * 1024
+MAX_FUTURE_MS: Final = 5 * 60 * 1000
+
+_decoder: Final = msgspec.json.Decoder(AnyEvent)
+_verdict_encoder: Final = msgspec.json.Encoder()
+
+
+def decode_event(raw: bytes | None, topic_type: str, now_ms: int) -> AnyEvent:
+    """The event in `raw`, which arrived on the topic of `topic_type`, or raise InvalidEvent."""
+    if raw is None:
+        raise InvalidEvent(ErrorCode.INVALID_JSON, "the message has no value (tombstone)")
+    if len(raw) > MAX_EVENT_BYTES:
+        raise InvalidEvent(ErrorCode.TOO_LARGE, f"{len(raw)} bytes; at most {MAX_EVENT_BYTES} are accepted")
+    try:
+        event = _decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(ErrorCode.SCHEMA, str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidEvent(ErrorCode.INVALID_JSON, str(exc)) from None
+    kind = type(event).__struct_config__.tag
+    if kind != topic_type:
+        raise InvalidEvent(ErrorCode.TYPE_MISMATCH, f"`$.type` is {kind!r} on the {topic_type!r} topic")
+    _check_ts(event.ts, now_ms)
+    _check_ip(event)
+    return event
+
+
+def _check_ts(ts: int, now_ms: int) -> None:
+    if ts <= 0:
+        raise InvalidEvent(ErrorCode.TS_OUT_OF_RANGE, f"`$.ts` is {ts}; it must be positive epoch milliseconds")
+    if ts > now_ms + MAX_FUTURE_MS:
+        ahead_s = (ts - now_ms) / 1000
+        raise InvalidEvent(ErrorCode.TS_OUT_OF_RANGE, f"`$.ts` is {ahead_s:.0f} s ahead of the processor's clock")
+
+
+def _check_ip(event: AnyEvent) -> None:
+    ip = getattr(event, "ip", None)
+    if ip is None:
+        return
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    try:
+        socket.inet_pton(family, ip)
+    except (OSError, ValueError):
+        raise InvalidEvent(ErrorCode.SCHEMA, "`$.ip` is not an IPv4 or IPv6 address") from None
+
+
+def event_type(event: AnyEvent) -> str:
+    """The `type` tag of a decoded event."""
+    tag = type(event).__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag
+
+
+def encode_verdict(verdict: Verdict) -> bytes:
+    return _verdict_encoder.encode(verdict)
+
+
+# --- internal records -----------------------------------------------------------
+# A by-id record carries many events (one per Kafka message would cost more in
+# Kafka than the whole decision); each with the keyed hash of its event_id.
+
+ShardItem = tuple[bytes, AnyEvent]
+_shard_encoder: Final = msgspec.msgpack.Encoder()
+_shard_decoder: Final = msgspec.msgpack.Decoder(list[ShardItem])
+
+
+def encode_shard(items: list[ShardItem]) -> bytes:
+    return _shard_encoder.encode(items)
+
+
+def decode_shard(raw: bytes) -> list[ShardItem]:
+    return _shard_decoder.decode(raw)

@@ -1,0 +1,23 @@
+"""What a stage takes from Kafka and gives back to it, free of any Kafka client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    topic: str
+    value: bytes | None
+    key: bytes | None = None
+    partition: int = -1  # -1: the producer's partitioner (murmur2 of the key, as Java clients)
+    headers: list[tuple[str, bytes]] | None = None

@@ -1,0 +1,97 @@
+"""The one settings object, built once from `STREAMGUARD_*` variables and flags.
+
+Nothing else in streamguard reads the environment: the CLI builds `Settings`
+and passes it down. Every setting is declared once in `SETTINGS`, with its
+variable, default and meaning; the README's table is generated from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from streamguard.errors import ConfigError
+
+ENV_PREFIX: Final = "STREAMGUARD_"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    bootstrap: str = "127.0.0.1:9092"
+    topic_prefix: str = ""
+    app_id: str = "streamguard"
+    data_dir: Path = Path(".run/worker")
+    web_port: int = 6066
+    web_host: str = "127.0.0.1"
+    hash_key: str = ""
+    dedup_retention_s: int = 24 * 3600
+    commit_interval_ms: int = 20
+    batch_max_events: int = 5000
+    log_level: str = "WARNING"
+
+    def topic(self, name: str) -> str:
+        """The full name of a contract topic, with the configured prefix."""
+        return self.topic_prefix + name
+
+    def require_hash_key(self) -> bytes:
+        if len(self.hash_key) < 16:
+            raise ConfigError(
+                f"{ENV_PREFIX}HASH_KEY must be set to a secret of at least 16 characters: "
+                "identifiers are pseudonymised with it (make up writes one to .run/hash_key)"
+            )
+        return self.hash_key.encode()
+
+
+DOCS: Final[dict[str, str]] = {
+    "bootstrap": "Kafka bootstrap servers, comma-separated.",
+    "topic_prefix": "Prefix for every topic name, the contract's and the internal ones.",
+    "app_id": "Faust application id: the consumer group and the prefix of internal topics.",
+    "data_dir": "Where a worker keeps its RocksDB state; one per worker on a machine.",
+    "web_port": "Port of the worker's web server (health, metrics).",
+    "web_host": "Interface the worker's web server binds to.",
+    "hash_key": "Secret key of the keyed hash that pseudonymises identifiers (at least 16 characters).",
+    "dedup_retention_s": "How long a decided event_id is remembered, in event time, to drop re-sent duplicates.",
+    "commit_interval_ms": "How often a worker commits its transaction: verdicts become visible then.",
+    "batch_max_events": "The most events one transaction takes.",
+    "log_level": "Log level of the worker (DEBUG, INFO, WARNING, ERROR).",
+}
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from `env` (default: the process environment), then `overrides` (flags)."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(Settings):
+        raw = env.get(env_name(field.name))
+        if raw is not None and raw != "":
+            values[field.name] = _parse(field, raw)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = set(values) - {f.name for f in dataclasses.fields(Settings)}
+    if unknown:
+        raise ConfigError(f"unknown settings: {sorted(unknown)}")
+    return Settings(**values)
+
+
+def unknown_env(env: Mapping[str, str]) -> list[str]:
+    """Variables that look like streamguard settings but are not (likely typos)."""
+    known = {env_name(f.name) for f in dataclasses.fields(Settings)}
+    return sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in known)
+
+
+def _parse(field: dataclasses.Field[Any], raw: str) -> Any:
+    kind = type(field.default)
+    try:
+        if kind is int:
+            return int(raw)
+        if isinstance(field.default, Path):
+            return Path(raw)
+        return raw
+    except ValueError:
+        raise ConfigError(f"{env_name(field.name)}={raw!r} is not a valid {kind.__name__}") from None

@@ -1,0 +1,44 @@
+"""The one place that encodes state keys.
+
+Every key starts with a one-byte namespace so that kinds of state never
+collide and each kind can be scanned as a range. Identifiers only ever enter a
+key as their keyed hash (see `privacy`), never raw.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+CHECKPOINT: Final = b"\x00changelog-offset"
+DEDUP: Final = b"\x01"
+DEDUP_BY_TIME: Final = b"\x02"
+
+_U64: Final = struct.Struct(">Q")
+
+
+def dedup(digest: bytes) -> bytes:
+    return DEDUP + digest
+
+
+def dedup_by_time(minute: int, digest: bytes) -> bytes:
+    """Ordered by event-time minute, so expiry is a range scan from the start."""
+    return DEDUP_BY_TIME + _U64.pack(minute) + digest
+
+
+def dedup_by_time_upper(minute: int) -> bytes:
+    """The first time-index key at `minute` (exclusive bound for older entries)."""
+    return DEDUP_BY_TIME + _U64.pack(minute)
+
+
+def digest_of_dedup_by_time(key: bytes) -> bytes:
+    return key[1 + _U64.size :]
+
+
+def encode_u64(value: int) -> bytes:
+    return _U64.pack(value)
+
+
+def decode_u64(raw: bytes) -> int:
+    value: int = _U64.unpack(raw)[0]
+    return value

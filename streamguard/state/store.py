@@ -1,0 +1,121 @@
+"""A RocksDB store for one internal partition, written once per transaction.
+
+Writes are buffered in `pending` while a transaction is open and sent to the
+changelog topic as one record inside that transaction (`take_changes`). Only
+after the transaction commits are they applied to RocksDB (`apply`), together
+with the changelog offset they came from, in one atomic WriteBatch. So local
+state never holds an aborted write, and after a crash the store catches up by
+replaying the changelog from its checkpoint (`restore`).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import msgspec
+from rocksdict import AccessType, BlockBasedOptions, Cache, Options, Rdict, ReadOptions, WriteBatch
+
+from streamguard.state import keys
+
+Changes = dict[bytes, bytes | None]
+
+_changes_encoder: Final = msgspec.msgpack.Encoder()
+_changes_decoder: Final = msgspec.msgpack.Decoder(list[tuple[bytes, bytes | None]])
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """RocksDB sizing, capped for a small machine; shared by all partitions of a worker."""
+
+    block_cache_bytes: int = 32 << 20
+    write_buffer_bytes: int = 8 << 20
+    max_write_buffers: int = 2
+    max_open_files: int = 256
+
+    def to_options(self, cache: Cache) -> Options:
+        opts = Options(raw_mode=True)
+        opts.create_if_missing(True)
+        opts.set_write_buffer_size(self.write_buffer_bytes)
+        opts.set_max_write_buffer_number(self.max_write_buffers)
+        opts.set_max_open_files(self.max_open_files)
+        table = BlockBasedOptions()
+        table.set_block_cache(cache)
+        table.set_bloom_filter(10, False)
+        opts.set_block_based_table_factory(table)
+        return opts
+
+
+def encode_changes(changes: Changes) -> bytes:
+    return _changes_encoder.encode(list(changes.items()))
+
+
+def decode_changes(raw: bytes) -> Changes:
+    return dict(_changes_decoder.decode(raw))
+
+
+class PartitionStore:
+    """State of one internal partition: reads see pending writes; RocksDB sees committed ones."""
+
+    def __init__(self, path: Path, options: Options) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = Rdict(str(path), options, access_type=AccessType.read_write())
+        self.pending: Changes = {}
+
+    def get(self, key: bytes) -> bytes | None:
+        if key in self.pending:
+            return self.pending[key]
+        value: bytes | None = self._db.get(key)
+        return value
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.pending[key] = value
+
+    def delete(self, key: bytes) -> None:
+        self.pending[key] = None
+
+    def keys_below(self, lower: bytes, upper: bytes, limit: int) -> Iterator[bytes]:
+        """Committed keys in [lower, upper), at most `limit`; pending writes are not seen."""
+        opts = ReadOptions()
+        opts.set_iterate_upper_bound(upper)
+        for n, key in enumerate(self._db.keys(from_key=lower, read_opt=opts)):
+            if n >= limit:
+                return
+            yield key
+
+    def take_changes(self) -> Changes:
+        """The writes of the open transaction; they stay readable until `apply` or `discard`."""
+        return self.pending
+
+    def apply(self, changes: Changes, changelog_offset: int) -> None:
+        """Make `changes` durable locally, with the changelog offset that holds them."""
+        batch = WriteBatch(raw_mode=True)
+        for key, value in changes.items():
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        batch.put(keys.CHECKPOINT, keys.encode_u64(changelog_offset))
+        self._db.write(batch)
+        if changes is self.pending:
+            self.pending = {}
+
+    def discard_pending(self) -> None:
+        self.pending = {}
+
+    @property
+    def checkpoint(self) -> int | None:
+        """The last changelog offset applied here, or None for a new store."""
+        raw = self._db.get(keys.CHECKPOINT)
+        return None if raw is None else keys.decode_u64(raw)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def destroy(self) -> None:
+        self.close()
+        shutil.rmtree(self.path, ignore_errors=True)

@@ -1,0 +1,63 @@
+"""Apply topic definitions to a broker and report drift from them.
+
+Creation is idempotent. Drift (partition count, cleanup policy, retention) is
+reported, never "fixed": changing partitions remaps keys, and a retention
+change on a live topic is an operator's decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
+
+from streamguard.errors import BrokerError
+from streamguard.topics.spec import TopicSpec
+
+TIMEOUT_S = 30.0
+
+
+def admin_client(bootstrap: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": bootstrap})
+
+
+def create_missing(admin: AdminClient, specs: Iterable[TopicSpec]) -> list[str]:
+    """Create the topics the broker lacks; the names created."""
+    existing = set(admin.list_topics(timeout=TIMEOUT_S).topics)
+    wanted = [s for s in specs if s.name not in existing]
+    if not wanted:
+        return []
+    new = [NewTopic(s.name, s.partitions, s.replication, config=s.configs()) for s in wanted]
+    for name, future in admin.create_topics(new, request_timeout=TIMEOUT_S).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # another worker won the race
+                raise BrokerError(f"creating {name}: {exc}") from exc
+    return [s.name for s in wanted]
+
+
+def drift(admin: AdminClient, specs: Iterable[TopicSpec]) -> list[str]:
+    """Human-readable differences between the definitions and the broker."""
+    specs = list(specs)
+    meta = admin.list_topics(timeout=TIMEOUT_S).topics
+    problems = []
+    present = [s for s in specs if s.name in meta]
+    problems += [f"{s.name}: missing on the broker" for s in specs if s.name not in meta]
+    for s in present:
+        have = len(meta[s.name].partitions)
+        if have != s.partitions:
+            problems.append(f"{s.name}: {have} partitions, defined with {s.partitions}")
+    resources = [ConfigResource(ResourceType.TOPIC, s.name) for s in present]
+    if not resources:
+        return problems
+    futures = admin.describe_configs(resources, request_timeout=TIMEOUT_S)
+    by_name = {s.name: s for s in present}
+    for resource, future in futures.items():
+        entries = future.result()
+        for key, want in by_name[resource.name].configs().items():
+            have_value = entries[key].value if key in entries else None
+            if have_value != want:
+                problems.append(f"{resource.name}: {key}={have_value}, defined as {want}")
+    return problems

@@ -1,0 +1,45 @@
+"""The full names of the topics a worker reads and writes, resolved once at start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streamguard.errors import ConfigError
+from streamguard.events import EVENT_TYPES
+from streamguard.topics.spec import TopicSpec
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    inputs: dict[str, str]  # event type -> topic
+    verdicts: dict[str, str]  # event type -> topic
+    deadletter: str
+    by_id: str
+    changelog: str
+    shards: int  # partitions of by_id, and of changelog
+
+    @classmethod
+    def resolve(cls, specs: list[TopicSpec], prefix: str, app_id: str) -> TopicNames:
+        by_name = {s.name: s for s in specs}
+        internal = f"{prefix}{app_id}."
+
+        def need(name: str) -> TopicSpec:
+            if name not in by_name:
+                raise ConfigError(f"topics/: no definition of {name!r}")
+            return by_name[name]
+
+        by_id, changelog = need(internal + "by-id"), need(internal + "state-changelog")
+        if by_id.partitions != changelog.partitions:
+            raise ConfigError("topics/internal.toml: by-id and state-changelog must have the same partitions")
+        return cls(
+            inputs={t: need(f"{prefix}events.{t}").name for t in EVENT_TYPES},
+            verdicts={t: need(f"{prefix}verdicts.{t}").name for t in EVENT_TYPES},
+            deadletter=need(prefix + "deadletter").name,
+            by_id=by_id.name,
+            changelog=changelog.name,
+            shards=by_id.partitions,
+        )
+
+    def input_type(self) -> dict[str, str]:
+        """Topic -> event type, for the inputs."""
+        return {topic: kind for kind, topic in self.inputs.items()}
