@@ -28,7 +28,13 @@ def worker_id(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def create_app(settings: Settings) -> faust.App:
+def create_app(settings: Settings) -> tuple[faust.App, EngineService]:
+    """The Faust app and the engine service, to be started side by side by a `faust.Worker`.
+
+    The engine is a service of the worker, not of the app: app services start
+    only once Faust's own consumer group has settled, which after a SIGKILL
+    means waiting out the dead member's session; the engine has its own group.
+    """
     data_dir = Path(settings.data_dir)
     names = TopicNames.resolve(load_specs(settings.topic_prefix, settings.app_id), settings.topic_prefix,
                                settings.app_id)
@@ -40,13 +46,13 @@ def create_app(settings: Settings) -> faust.App:
         web_port=settings.web_port,
         web_bind=settings.web_host,
         web_host=settings.web_host,
-        topic_allow_declare=False,
+        broker_session_timeout=10,
+        broker_heartbeat_interval=1,
     )
     service = EngineService(engine)
-    app.service(service)
 
     @app.page("/streamguard/stats/")
     async def stats(web: Any, request: Any) -> Any:
         return web.json({"ready": engine.ready.is_set(), **engine.stats.as_dict()})
 
-    return app
+    return app, service

@@ -77,10 +77,10 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from streamguard.app import create_app  # imports faust: only for the worker
 
     _apply_topics(settings, quiet=True)
-    app = create_app(settings)
+    app, engine = create_app(settings)
     import faust
 
-    worker = faust.Worker(app, loglevel=settings.log_level, override_logging=False)
+    worker = faust.Worker(app, engine, loglevel=settings.log_level, override_logging=False)
     worker.execute_from_commandline()
     return 0
 
