@@ -8,17 +8,24 @@ dead-letter code and a detail that names the JSON path.
 from __future__ import annotations
 
 import socket
-from typing import Final
+from typing import Final, NoReturn
 
 import msgspec
 
 from streamguard.errors import InvalidEvent
-from streamguard.events import AnyEvent, ErrorCode, Verdict
+from streamguard.events import EVENT_TYPES, AnyEvent, ErrorCode, Verdict
 
 MAX_EVENT_BYTES: Final = 64 * 1024
 MAX_FUTURE_MS: Final = 5 * 60 * 1000
 
 _decoder: Final = msgspec.json.Decoder(AnyEvent)
+
+
+class _TypeOnly(msgspec.Struct):
+    type: object = None
+
+
+_type_decoder: Final = msgspec.json.Decoder(_TypeOnly)
 _verdict_encoder: Final = msgspec.json.Encoder()
 
 
@@ -31,15 +38,28 @@ def decode_event(raw: bytes | None, topic_type: str, now_ms: int) -> AnyEvent:
     try:
         event = _decoder.decode(raw)
     except msgspec.ValidationError as exc:
+        _check_type(raw, topic_type)  # another type's event is a mismatch, whatever else is wrong
         raise InvalidEvent(ErrorCode.SCHEMA, str(exc)) from None
     except msgspec.DecodeError as exc:
         raise InvalidEvent(ErrorCode.INVALID_JSON, str(exc)) from None
-    kind = type(event).__struct_config__.tag
-    if kind != topic_type:
-        raise InvalidEvent(ErrorCode.TYPE_MISMATCH, f"`$.type` is {kind!r} on the {topic_type!r} topic")
+    if event_type(event) != topic_type:
+        _mismatch(event_type(event), topic_type)
     _check_ts(event.ts, now_ms)
     _check_ip(event)
     return event
+
+
+def _check_type(raw: bytes, topic_type: str) -> None:
+    try:
+        kind = _type_decoder.decode(raw).type
+    except msgspec.MsgspecError:
+        return
+    if kind in EVENT_TYPES and kind != topic_type:
+        _mismatch(str(kind), topic_type)
+
+
+def _mismatch(kind: str, topic_type: str) -> NoReturn:
+    raise InvalidEvent(ErrorCode.TYPE_MISMATCH, f"`$.type` is {kind!r} on the {topic_type!r} topic")
 
 
 def _check_ts(ts: int, now_ms: int) -> None:

@@ -65,6 +65,7 @@ class PartitionStore:
         self.path = path
         self._db = Rdict(str(path), options, access_type=AccessType.read_write())
         self.pending: Changes = {}
+        self._closed = False
 
     def get(self, key: bytes) -> bytes | None:
         if key in self.pending:
@@ -114,7 +115,9 @@ class PartitionStore:
         return None if raw is None else keys.decode_u64(raw)
 
     def close(self) -> None:
-        self._db.close()
+        if not self._closed:
+            self._closed = True
+            self._db.close()
 
     def destroy(self) -> None:
         self.close()

@@ -1,0 +1,54 @@
+import json
+
+from streamguard.codec import decode_shard
+from streamguard.pipeline.ingest import Ingest
+from streamguard.pipeline.records import Incoming
+from streamguard.privacy import Pseudonymizer
+from streamguard.topics.names import TopicNames
+from streamguard.topics.spec import load_specs
+from tests.unit.events_fixtures import NOW_MS, valid_events
+
+NAMES = TopicNames.resolve(load_specs("", "sg"), "", "sg")
+INGEST = Ingest(NAMES, Pseudonymizer(b"k" * 32))
+
+
+def _incoming(kind: str, value: bytes | None, offset: int = 7, key: bytes | None = b"k1") -> Incoming:
+    return Incoming(NAMES.inputs[kind], 3, offset, key, value)
+
+
+def test_an_invalid_message_becomes_a_dead_letter_with_the_evidence():
+    (out,), valid = INGEST.process([_incoming("login", b"{oops", offset=42)], NOW_MS)
+    assert valid == 0
+    assert out.topic == "deadletter"
+    assert out.value == b"{oops" and out.key == b"k1"
+    headers = dict(out.headers)
+    assert headers["sg-error"] == b"invalid_json"
+    assert headers["sg-source-topic"] == b"events.login"
+    assert headers["sg-source-partition"] == b"3"
+    assert headers["sg-source-offset"] == b"42"
+    assert headers["sg-error-detail"]
+
+
+def test_a_tombstone_is_dead_lettered_as_it_came():
+    (out,), _ = INGEST.process([_incoming("sms", None, key=None)], NOW_MS)
+    assert out.value is None and out.key is None
+    assert dict(out.headers)["sg-error"] == b"invalid_json"
+
+
+def test_valid_events_are_grouped_per_shard():
+    batch = [_incoming(kind, json.dumps({**event, "event_id": f"{kind}-{i}"}).encode())
+             for i in range(50) for kind, event in valid_events().items()]
+    outs, valid = INGEST.process(batch, NOW_MS)
+    assert valid == 250
+    assert {o.topic for o in outs} == {NAMES.by_id}
+    assert len({o.partition for o in outs}) == len(outs) <= NAMES.shards
+    ids = [event.event_id for o in outs for _, event in decode_shard(o.value)]
+    assert sorted(ids) == sorted(f"{k}-{i}" for i in range(50) for k in valid_events())
+
+
+def test_the_shard_depends_on_the_event_id_only():
+    event = valid_events()["login"]
+    first, _ = INGEST.process([_incoming("login", json.dumps(event).encode(), key=b"a")], NOW_MS)
+    moved = {**event, "ip": "10.9.9.9"}
+    second, _ = INGEST.process([Incoming(NAMES.inputs["login"], 5, 1, None, json.dumps(moved).encode())], NOW_MS)
+    assert first[0].partition == second[0].partition

@@ -1,0 +1,85 @@
+from pathlib import Path
+
+import pytest
+from rocksdict import Cache
+
+from streamguard.state.dedup import MINUTE_MS, RecentIds
+from streamguard.state.store import PartitionStore, StoreOptions, decode_changes, encode_changes
+
+
+@pytest.fixture
+def open_store(tmp_path: Path):
+    cache = Cache(1 << 20)
+    opened = []
+
+    def factory() -> PartitionStore:
+        store = PartitionStore(tmp_path / "shard-0", StoreOptions().to_options(cache))
+        opened.append(store)
+        return store
+
+    yield factory
+    for store in opened:
+        store.close()
+
+
+def test_pending_writes_are_read_back_before_they_are_applied(open_store):
+    store = open_store()
+    store.put(b"a", b"1")
+    store.delete(b"b")
+    assert store.get(b"a") == b"1"
+    assert store.get(b"b") is None
+    assert store.checkpoint is None
+
+
+def test_applied_writes_survive_a_reopen_with_their_checkpoint(open_store):
+    store = open_store()
+    store.put(b"a", b"1")
+    store.apply(store.take_changes(), 17)
+    assert store.pending == {}
+    store.close()
+    again = open_store()
+    assert again.get(b"a") == b"1"
+    assert again.checkpoint == 17
+
+
+def test_discarded_writes_are_gone(open_store):
+    store = open_store()
+    store.put(b"a", b"1")
+    store.discard_pending()
+    assert store.get(b"a") is None
+
+
+def test_changes_round_trip_through_the_changelog_encoding():
+    changes = {b"a": b"1", b"b": None, b"\x00\xff": b""}
+    assert decode_changes(encode_changes(changes)) == changes
+
+
+def test_a_repeated_id_is_a_duplicate(open_store):
+    recent = RecentIds(open_store(), retention_ms=3_600_000)
+    assert recent.add(b"id-1", 1_000_000)
+    assert not recent.add(b"id-1", 1_000_000)
+    assert recent.add(b"id-2", 1_000_000)
+
+
+def test_ids_are_remembered_across_a_restart(open_store):
+    store = open_store()
+    RecentIds(store, 3_600_000).add(b"id-1", 5 * MINUTE_MS)
+    store.apply(store.take_changes(), 1)
+    store.close()
+    assert not RecentIds(open_store(), 3_600_000).add(b"id-1", 5 * MINUTE_MS)
+
+
+def test_ids_older_than_the_retention_are_forgotten_in_bounded_steps(open_store):
+    store = open_store()
+    recent = RecentIds(store, retention_ms=10 * MINUTE_MS)
+    for i in range(30):
+        recent.add(f"old-{i}".encode(), 100 * MINUTE_MS + i)
+    recent.add(b"new", 200 * MINUTE_MS)
+    store.apply(store.take_changes(), 1)
+    assert recent.expire(limit=20) == 20
+    store.apply(store.take_changes(), 2)
+    assert recent.expire(limit=20) == 10
+    store.apply(store.take_changes(), 3)
+    assert recent.expire(limit=20) == 0
+    assert recent.add(b"old-0", 100 * MINUTE_MS)  # forgotten
+    assert not recent.add(b"new", 200 * MINUTE_MS)  # within the retention
