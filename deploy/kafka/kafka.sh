@@ -4,8 +4,8 @@
 #   kafka.sh fetch | start | stop | status | restart
 #
 # The broker's jars come from Maven Central (pom.xml beside this script) and
-# are cached in $STREAMGUARD_KAFKA_HOME/lib; its data, log and PID file live in
-# $STREAMGUARD_KAFKA_HOME too. `stop` signals only the PID that `start` recorded.
+# are cached in $STREAMGUARD_KAFKA_LIB; its data, log and PID file live in
+# $STREAMGUARD_KAFKA_HOME. `stop` signals only the PID that `start` recorded.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -14,7 +14,7 @@ home=${STREAMGUARD_KAFKA_HOME:-$repo/.run/kafka}
 port=${STREAMGUARD_KAFKA_PORT:-9092}
 controller_port=${STREAMGUARD_KAFKA_CONTROLLER_PORT:-$((port + 1))}
 heap=${STREAMGUARD_KAFKA_HEAP:-1g}
-lib=$home/lib
+lib=${STREAMGUARD_KAFKA_LIB:-$repo/.run/kafka-lib}
 pidfile=$home/broker.pid
 logfile=$home/broker.log
 conf=$home/server.properties
@@ -34,7 +34,7 @@ fetch() {
   if [[ -f $stamp && $(cat "$stamp") == "$want" ]]; then return 0; fi
   log "resolving the broker's jars from Maven Central into $lib"
   rm -rf "$lib" && mkdir -p "$lib"
-  mvn -q -B -f "$here/pom.xml" dependency:copy-dependencies \
+  mvn -q -B -Dstyle.color=never -f "$here/pom.xml" dependency:copy-dependencies \
     -DoutputDirectory="$lib" -DincludeScope=runtime
   echo "$want" >"$stamp"
 }
