@@ -129,7 +129,7 @@ class Engine:
             offsets = self._send(producer, outs, changes)
             producer.send_offsets_to_transaction(_next_offsets(batch), consumer.consumer_group_metadata(),
                                                  TXN_TIMEOUT_S)
-            producer.commit_transaction(TXN_TIMEOUT_S)
+            _commit(producer)
         except KafkaException as exc:
             self._abort(consumer, producer, batch, exc)
             return
@@ -176,7 +176,7 @@ class Engine:
         if error.fatal():
             raise exc
         log.warning("transaction aborted, the batch will be processed again: %s", error)
-        producer.abort_transaction(TXN_TIMEOUT_S)
+        _retrying(lambda: producer.abort_transaction(TXN_TIMEOUT_S))
         for shard, store in self._stores.items():
             store.discard_pending()
             self._recent[shard] = self._recent_ids(store)  # forget what the aborted batch taught it
@@ -278,6 +278,32 @@ class Engine:
             "heartbeat.interval.ms": 1_000,
             "max.poll.interval.ms": 300_000,
         }
+
+
+def _commit(producer: Producer) -> None:
+    """Commit, retrying what librdkafka says may be retried: a timed-out commit may have gone through,
+    so it must not be taken for a failure and aborted (the batch would then be decided twice)."""
+    while True:
+        try:
+            producer.commit_transaction(TXN_TIMEOUT_S)
+            return
+        except KafkaException as exc:
+            if not exc.args[0].retriable():
+                raise
+            log.warning("commit not confirmed yet, retrying: %s", exc.args[0])
+
+
+def _retrying(operation: Callable[[], None]) -> None:
+    """Run `operation` until it succeeds or fails for good (a broker that is away comes back)."""
+    while True:
+        try:
+            operation()
+            return
+        except KafkaException as exc:
+            if exc.args[0].fatal():
+                raise
+            log.warning("retrying after: %s", exc.args[0])
+            time.sleep(1.0)
 
 
 def _produce(producer: Producer, topic: str, value: bytes | None, key: bytes | None, partition: int,

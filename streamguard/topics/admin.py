@@ -7,6 +7,7 @@ change on a live topic is an operator's decision.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 from confluent_kafka import KafkaException
@@ -29,13 +30,27 @@ def create_missing(admin: AdminClient, specs: Iterable[TopicSpec]) -> list[str]:
     if not wanted:
         return []
     new = [NewTopic(s.name, s.partitions, s.replication, config=s.configs()) for s in wanted]
+    created = []
     for name, future in admin.create_topics(new, request_timeout=TIMEOUT_S).items():
         try:
             future.result()
+            created.append(name)
         except KafkaException as exc:
-            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # another worker won the race
+            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # else another process won the race
                 raise BrokerError(f"creating {name}: {exc}") from exc
-    return [s.name for s in wanted]
+    _wait_visible(admin, [s.name for s in wanted])
+    return sorted(created)
+
+
+def _wait_visible(admin: AdminClient, names: list[str]) -> None:
+    """Wait until the broker's metadata lists `names`, so clients started next can use them."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        topics = admin.list_topics(timeout=TIMEOUT_S).topics
+        if all(n in topics and not topics[n].error for n in names):
+            return
+        time.sleep(0.2)
+    raise BrokerError(f"topics not visible in the broker's metadata after {TIMEOUT_S} s: {names}")
 
 
 def drift(admin: AdminClient, specs: Iterable[TopicSpec]) -> list[str]:

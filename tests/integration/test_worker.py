@@ -131,3 +131,18 @@ def test_workers_joining_and_leaving_mid_stream_change_nothing(stack: Stack):
     _assert_exactly_once(reader.verdicts, {e[3] for e in events})
     assert len(two.stats()["shards"]) == 6
     reader.close()
+
+
+def test_a_broker_restart_mid_stream_loses_nothing_and_repeats_nothing(stack: Stack, broker):
+    events = make_events(6000, "broker")
+    stack.start_worker()
+    stack.produce((t, k, v) for t, k, v, _ in events[:3000])
+    time.sleep(1.0)
+    restarted = broker.script("restart")
+    assert restarted.returncode == 0, restarted.stderr
+    stack.produce((t, k, v) for t, k, v, _ in events[3000:])
+    reader = stack.reader()
+    reader.read_until(len(events), timeout=180)
+    _assert_exactly_once(reader.verdicts, {e[3] for e in events})
+    assert stack.workers[0].process.poll() is None, "the worker survived the broker's restart"
+    reader.close()
