@@ -12,6 +12,11 @@ py=$repo/.venv/bin/python
 
 log() { printf 'worker: %s\n' "$*" >&2; }
 
+# The local secret `make` wrote, unless the caller set one.
+if [[ -z ${STREAMGUARD_HASH_KEY:-} && -s $run/hash_key ]]; then
+  export STREAMGUARD_HASH_KEY=$(cat "$run/hash_key")
+fi
+
 start() {
   local n=${1:-1} pidfile=$run/worker-$1.pid port=$((6065 + ${1:-1}))
   mkdir -p "$run"

@@ -36,8 +36,9 @@ def create_app(settings: Settings) -> tuple[faust.App, EngineService]:
     means waiting out the dead member's session; the engine has its own group.
     """
     data_dir = Path(settings.data_dir)
-    names = TopicNames.resolve(load_specs(settings.topic_prefix, settings.app_id), settings.topic_prefix,
-                               settings.app_id)
+    names = TopicNames.resolve(
+        load_specs(settings.topic_prefix, settings.app_id), settings.topic_prefix, settings.app_id
+    )
     engine = Engine(settings, names, Pseudonymizer(settings.require_hash_key()), worker_id(data_dir))
     app = faust.App(
         f"{settings.app_id}-worker",

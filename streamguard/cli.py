@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from streamguard import settings as settings_module
 from streamguard.errors import StreamguardError
@@ -26,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        settings = settings_module.load(**_overrides(args))
+        settings = settings_module.load(None, **_overrides(args))
         logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         run: Callable[[Settings, argparse.Namespace], int] = args.run
         return run(settings, args)
@@ -35,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, object]:
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = ("bootstrap", "web_port", "data_dir", "topic_prefix", "app_id", "log_level")
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 

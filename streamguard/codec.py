@@ -36,7 +36,7 @@ def decode_event(raw: bytes | None, topic_type: str, now_ms: int) -> AnyEvent:
     if len(raw) > MAX_EVENT_BYTES:
         raise InvalidEvent(ErrorCode.TOO_LARGE, f"{len(raw)} bytes; at most {MAX_EVENT_BYTES} are accepted")
     try:
-        event = _decoder.decode(raw)
+        event: AnyEvent = _decoder.decode(raw)
     except msgspec.ValidationError as exc:
         _check_type(raw, topic_type)  # another type's event is a mismatch, whatever else is wrong
         raise InvalidEvent(ErrorCode.SCHEMA, str(exc)) from None

@@ -29,7 +29,7 @@ class Event(Struct, frozen=True, kw_only=True, tag_field="type"):
     ts: int  # epoch ms; its range is checked against the clock in `codec`
 
 
-class DeviceEvent(Event, tag="device"):
+class DeviceEvent(Event, tag="device", frozen=True):
     device_id: Id
     account_id: Id | None = None
     ip: str | None = None
@@ -47,7 +47,7 @@ class DeviceEvent(Event, tag="device"):
     gps_mocked: bool = False
 
 
-class LoginEvent(Event, tag="login"):
+class LoginEvent(Event, tag="login", frozen=True):
     account_id: Id
     ip: str
     success: bool
@@ -56,7 +56,7 @@ class LoginEvent(Event, tag="login"):
     method: Literal["password", "sms_code", "oauth", "token"] | None = None
 
 
-class RegistrationEvent(Event, tag="registration"):
+class RegistrationEvent(Event, tag="registration", frozen=True):
     account_id: Id
     ip: str
     device_id: Id | None = None
@@ -66,7 +66,7 @@ class RegistrationEvent(Event, tag="registration"):
     channel: Text | None = None
 
 
-class SmsEvent(Event, tag="sms"):
+class SmsEvent(Event, tag="sms", frozen=True):
     phone: Phone
     ip: str
     purpose: Literal["register", "login", "reset_password", "payment", "other"] | None = None
@@ -74,7 +74,7 @@ class SmsEvent(Event, tag="sms"):
     account_id: Id | None = None
 
 
-class TransactionEvent(Event, tag="transaction"):
+class TransactionEvent(Event, tag="transaction", frozen=True):
     account_id: Id
     amount: Minor
     currency: Currency

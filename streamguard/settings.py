@@ -27,8 +27,7 @@ class Settings:
     web_port: int = 6066
     web_host: str = "127.0.0.1"
     hash_key: str = ""
-    dedup_retention_s: int = 24 * 3600
-    commit_interval_ms: int = 20
+    dedup_retention_s: int = 6 * 3600
     batch_max_events: int = 5000
     log_level: str = "WARNING"
 
@@ -48,14 +47,13 @@ class Settings:
 DOCS: Final[dict[str, str]] = {
     "bootstrap": "Kafka bootstrap servers, comma-separated.",
     "topic_prefix": "Prefix for every topic name, the contract's and the internal ones.",
-    "app_id": "Faust application id: the consumer group and the prefix of internal topics.",
+    "app_id": "Application id: the consumer group, the transactional ids and the prefix of internal topics.",
     "data_dir": "Where a worker keeps its RocksDB state; one per worker on a machine.",
-    "web_port": "Port of the worker's web server (health, metrics).",
+    "web_port": "Port of the worker's web server (`/streamguard/stats/`).",
     "web_host": "Interface the worker's web server binds to.",
     "hash_key": "Secret key of the keyed hash that pseudonymises identifiers (at least 16 characters).",
-    "dedup_retention_s": "How long a decided event_id is remembered, in event time, to drop re-sent duplicates.",
-    "commit_interval_ms": "How often a worker commits its transaction: verdicts become visible then.",
-    "batch_max_events": "The most events one transaction takes.",
+    "dedup_retention_s": "How long a decided event_id is remembered (event time behind the newest on its shard).",
+    "batch_max_events": "The most records one transaction takes (a batch is what is there when it polls).",
     "log_level": "Log level of the worker (DEBUG, INFO, WARNING, ERROR).",
 }
 

@@ -75,15 +75,23 @@ def _pace(started: float, i: int, rate: float) -> None:
 
 def _caught_up(tally: Tally) -> bool:
     with tally.lock:
-        return (sum(tally.verdicts.values()) >= tally.expected_verdicts
-                and sum(tally.deadletters.values()) >= tally.expected_deadletters)
+        return (
+            sum(tally.verdicts.values()) >= tally.expected_verdicts
+            and sum(tally.deadletters.values()) >= tally.expected_deadletters
+        )
 
 
 def _read_results(settings: Settings, tally: Tally, stop: threading.Event) -> None:
     topics = [settings.topic(f"verdicts.{t}") for t in EVENT_TYPES] + [settings.topic("deadletter")]
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": f"streamguard-demo-{time.time()}",
-                         "isolation.level": "read_committed", "enable.auto.commit": False,
-                         "auto.offset.reset": "latest"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap,
+            "group.id": f"streamguard-demo-{time.time()}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "latest",
+        }
+    )
     consumer.assign(_end_offsets(consumer, topics))
     deadletter = settings.topic("deadletter")
     while not stop.is_set():
@@ -92,10 +100,10 @@ def _read_results(settings: Settings, tally: Tally, stop: threading.Event) -> No
                 continue
             with tally.lock:
                 if msg.topic() == deadletter:
-                    code = dict(msg.headers() or []).get("sg-error", b"?")
-                    tally.deadletters[code.decode()] += 1
+                    code = dict(msg.headers() or []).get("sg-error") or b"?"
+                    tally.deadletters[code.decode() if isinstance(code, bytes) else code] += 1
                     continue
-                verdict = orjson.loads(msg.value())
+                verdict = orjson.loads(msg.value() or b"{}")
                 tally.verdicts[f"{verdict['type']} {verdict['decision']}"] += 1
                 label = tally.label_of.get(verdict["event_id"], "?")
                 if verdict["decision"] != "allow":
@@ -123,8 +131,8 @@ def _draw(tally: Tally, total: int, elapsed: float, final: bool = False) -> None
             f"verdicts {decided}/{tally.expected_verdicts}   dead letters "
             f"{sum(tally.deadletters.values())}/{tally.expected_deadletters} {dict(tally.deadletters)}",
             "by type and decision: " + ", ".join(f"{k} {v}" for k, v in sorted(tally.verdicts.items())),
-            "flagged by label: " + ", ".join(f"{label} {tally.flagged[label]}/{n}"
-                                             for label, n in sorted(tally.labels.items())),
+            "flagged by label: "
+            + ", ".join(f"{label} {tally.flagged[label]}/{n}" for label, n in sorted(tally.labels.items())),
         ]
     if sys.stdout.isatty() and not final:
         sys.stdout.write("\x1b[2K" + "\n\x1b[2K".join(lines) + f"\x1b[{len(lines) - 1}F")

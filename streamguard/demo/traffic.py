@@ -76,8 +76,9 @@ class DemoTraffic:
     def _valid(self, label: str, fields: dict[str, Any], now_ms: int) -> Message:
         event = {"event_id": f"{self.run}-{next(self.counter):08d}", "ts": now_ms, **fields}
         key = event.get("account_id") or event.get("phone") or event.get("device_id")
-        message = Message(f"events.{event['type']}", key.encode() if key else None, orjson.dumps(event),
-                          label, event["event_id"])
+        message = Message(
+            f"events.{event['type']}", key.encode() if key else None, orjson.dumps(event), label, event["event_id"]
+        )
         self.recent = [*self.recent[-199:], message]
         return message
 
@@ -86,8 +87,7 @@ class DemoTraffic:
 
     def _user(self) -> User:
         rng = self.rng
-        return User(f"acct_{rng.randrange(16**10):010x}", _phone(rng), f"dev_{rng.randrange(16**12):012x}",
-                    _ip(rng))
+        return User(f"acct_{rng.randrange(16**10):010x}", _phone(rng), f"dev_{rng.randrange(16**12):012x}", _ip(rng))
 
     def _bad(self, now_ms: int) -> Message:
         topic = f"events.{self.rng.choice(['device', 'login', 'sms', 'transaction'])}"
@@ -108,54 +108,120 @@ def _phone(rng: random.Random) -> str:
 
 
 def _ip(rng: random.Random) -> str:
-    return f"{rng.choice([36, 58, 110, 113, 117, 120, 183, 221])}.{rng.randrange(256)}.{rng.randrange(256)}." \
-           f"{rng.randrange(1, 255)}"
+    return (
+        f"{rng.choice([36, 58, 110, 113, 117, 120, 183, 221])}.{rng.randrange(256)}.{rng.randrange(256)}."
+        f"{rng.randrange(1, 255)}"
+    )
 
 
 def _benign_session(t: DemoTraffic) -> list[dict[str, Any]]:
     u = t.rng.choice(t.users)
     events: list[dict[str, Any]] = [
-        {"type": "device", "device_id": u.device, "account_id": u.account, "ip": u.ip, "platform": "android",
-         "fingerprint": f"fp_{u.device[4:]}", "is_emulator": False, "is_rooted": t.rng.random() < 0.01},
+        {
+            "type": "device",
+            "device_id": u.device,
+            "account_id": u.account,
+            "ip": u.ip,
+            "platform": "android",
+            "fingerprint": f"fp_{u.device[4:]}",
+            "is_emulator": False,
+            "is_rooted": t.rng.random() < 0.01,
+        },
     ]
     if t.rng.random() < 0.05:
-        events.append({"type": "login", "account_id": u.account, "ip": u.ip, "device_id": u.device,
-                       "success": False, "failure_reason": "bad_password", "method": "password"})
-    events.append({"type": "login", "account_id": u.account, "ip": u.ip, "device_id": u.device, "success": True,
-                   "method": "password"})
+        events.append(
+            {
+                "type": "login",
+                "account_id": u.account,
+                "ip": u.ip,
+                "device_id": u.device,
+                "success": False,
+                "failure_reason": "bad_password",
+                "method": "password",
+            }
+        )
+    events.append(
+        {
+            "type": "login",
+            "account_id": u.account,
+            "ip": u.ip,
+            "device_id": u.device,
+            "success": True,
+            "method": "password",
+        }
+    )
     if t.rng.random() < 0.3:
         amount = t.rng.randrange(500, 50_000)
-        events.append({"type": "transaction", "account_id": u.account, "ip": u.ip, "device_id": u.device,
-                       "kind": "payment", "amount": amount, "list_amount": amount, "currency": "CNY",
-                       "instrument_id": f"card_{u.account[5:]}", "merchant_id": f"m_{t.rng.randrange(300)}"})
+        events.append(
+            {
+                "type": "transaction",
+                "account_id": u.account,
+                "ip": u.ip,
+                "device_id": u.device,
+                "kind": "payment",
+                "amount": amount,
+                "list_amount": amount,
+                "currency": "CNY",
+                "instrument_id": f"card_{u.account[5:]}",
+                "merchant_id": f"m_{t.rng.randrange(300)}",
+            }
+        )
     return events
 
 
 def _credential_stuffing(t: DemoTraffic) -> list[dict[str, Any]]:
     ip = f"45.9.{t.rng.randrange(4)}.{t.rng.randrange(1, 20)}"
-    return [{"type": "login", "account_id": f"acct_{t.rng.randrange(16**10):010x}", "ip": ip,
-             "device_id": f"dev_{t.rng.randrange(16**12):012x}", "success": False,
-             "failure_reason": t.rng.choice(["bad_password", "no_such_account"]), "method": "password"}
-            for _ in range(t.rng.randrange(5, 15))]
+    return [
+        {
+            "type": "login",
+            "account_id": f"acct_{t.rng.randrange(16**10):010x}",
+            "ip": ip,
+            "device_id": f"dev_{t.rng.randrange(16**12):012x}",
+            "success": False,
+            "failure_reason": t.rng.choice(["bad_password", "no_such_account"]),
+            "method": "password",
+        }
+        for _ in range(t.rng.randrange(5, 15))
+    ]
 
 
 def _sms_bombing(t: DemoTraffic) -> list[dict[str, Any]]:
     phone = f"+8613900{t.rng.randrange(3):06d}"
-    return [{"type": "sms", "phone": phone, "ip": _ip(t.rng), "purpose": "register"}
-            for _ in range(t.rng.randrange(3, 8))]
+    return [
+        {"type": "sms", "phone": phone, "ip": _ip(t.rng), "purpose": "register"} for _ in range(t.rng.randrange(3, 8))
+    ]
 
 
 def _card_testing(t: DemoTraffic) -> list[dict[str, Any]]:
     account = f"acct_cardtest{t.rng.randrange(3)}"
-    return [{"type": "transaction", "account_id": account, "amount": t.rng.randrange(100, 300), "currency": "CNY",
-             "kind": "payment", "instrument_id": f"card_{t.rng.randrange(16**8):08x}", "ip": "117.1.2.3"}
-            for _ in range(t.rng.randrange(3, 8))]
+    return [
+        {
+            "type": "transaction",
+            "account_id": account,
+            "amount": t.rng.randrange(100, 300),
+            "currency": "CNY",
+            "kind": "payment",
+            "instrument_id": f"card_{t.rng.randrange(16**8):08x}",
+            "ip": "117.1.2.3",
+        }
+        for _ in range(t.rng.randrange(3, 8))
+    ]
 
 
 def _amount_tampering(t: DemoTraffic) -> list[dict[str, Any]]:
     u = t.rng.choice(t.users)
-    return [{"type": "transaction", "account_id": u.account, "amount": 1, "list_amount": 999_900,
-             "currency": "CNY", "kind": "payment", "device_id": u.device, "ip": u.ip}]
+    return [
+        {
+            "type": "transaction",
+            "account_id": u.account,
+            "amount": 1,
+            "list_amount": 999_900,
+            "currency": "CNY",
+            "kind": "payment",
+            "device_id": u.device,
+            "ip": u.ip,
+        }
+    ]
 
 
 def _bonus_farm(t: DemoTraffic) -> list[dict[str, Any]]:
@@ -165,10 +231,24 @@ def _bonus_farm(t: DemoTraffic) -> list[dict[str, Any]]:
     return [
         {"type": "device", "device_id": device, "ip": "120.0.0.9", "is_emulator": True, "fingerprint": "fp_farm"},
         {"type": "sms", "phone": phone, "ip": "120.0.0.9", "device_id": device, "purpose": "register"},
-        {"type": "registration", "account_id": account, "ip": "120.0.0.9", "device_id": device, "phone": phone,
-         "invite_code": "inv_farm"},
-        {"type": "transaction", "account_id": account, "amount": 1000, "list_amount": 1000, "currency": "CNY",
-         "kind": "promo_redeem", "promo_code": "WELCOME10", "device_id": device},
+        {
+            "type": "registration",
+            "account_id": account,
+            "ip": "120.0.0.9",
+            "device_id": device,
+            "phone": phone,
+            "invite_code": "inv_farm",
+        },
+        {
+            "type": "transaction",
+            "account_id": account,
+            "amount": 1000,
+            "list_amount": 1000,
+            "currency": "CNY",
+            "kind": "promo_redeem",
+            "promo_code": "WELCOME10",
+            "device_id": device,
+        },
     ]
 
 

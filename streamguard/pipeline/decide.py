@@ -1,4 +1,4 @@
-"""Stage 2: on the event's by-id shard, drop duplicates and publish its verdict.
+"""Stage 2: on the worker that owns the event's shard, drop duplicates and publish its verdict.
 
 Each shard owns a `PartitionStore`; an event already decided there gets
 nothing, so it neither counts twice nor gets a second verdict.
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from streamguard.codec import decode_shard, encode_verdict, event_type
-from streamguard.pipeline.records import Incoming, Outgoing
+from streamguard.codec import ShardItem, encode_verdict, event_type
+from streamguard.pipeline.records import Outgoing
 from streamguard.state.dedup import RecentIds
 from streamguard.topics.names import TopicNames
 from streamguard.verdicts import decide
@@ -22,18 +22,18 @@ class Decide:
         self._names = names
         self._recent_ids = recent_ids
 
-    def process(self, record: Incoming, now_ms: int) -> tuple[list[Outgoing], int]:
-        """The verdicts for the events of one by-id record; and how many were duplicates."""
-        assert record.value is not None, "by-id records always carry events"
-        recent = self._recent_ids(record.partition)
+    def process(self, shard: int, items: list[ShardItem], now_ms: int) -> tuple[list[Outgoing], int]:
+        """The verdicts for events of `shard`; and how many were duplicates."""
+        recent = self._recent_ids(shard)
         out, duplicates = [], 0
-        for digest, event in decode_shard(record.value):
+        for digest, event in items:
             if not recent.add(digest, event.ts):
                 duplicates += 1
                 continue
             verdict = decide(event, now_ms)
-            out.append(Outgoing(self._names.verdicts[event_type(event)], encode_verdict(verdict),
-                                key=event.event_id.encode()))
+            out.append(
+                Outgoing(self._names.verdicts[event_type(event)], encode_verdict(verdict), key=event.event_id.encode())
+            )
         return out, duplicates
 
     def expire(self, partition: int) -> int:

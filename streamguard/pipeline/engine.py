@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +23,10 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from rocksdict import Cache
 
+from streamguard.codec import ShardItem, decode_shard
 from streamguard.pipeline.decide import Decide
-from streamguard.pipeline.ingest import Ingest
-from streamguard.pipeline.records import Incoming, Outgoing
+from streamguard.pipeline.ingest import Ingest, error_code
+from streamguard.pipeline.records import Headers, Incoming, Outgoing
 from streamguard.privacy import Pseudonymizer
 from streamguard.settings import Settings
 from streamguard.state.dedup import RecentIds
@@ -92,8 +93,12 @@ class Engine:
         producer = Producer(self._producer_config())
         producer.init_transactions(TXN_TIMEOUT_S)  # aborts what a killed predecessor left open
         consumer = Consumer(self._consumer_config())
-        consumer.subscribe([*self._names.inputs.values(), self._names.by_id], on_assign=self._on_assign,
-                           on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        consumer.subscribe(
+            [*self._names.inputs.values(), self._names.by_id],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
         log.info("engine started as %s", self._worker_id)
         try:
             while not stop.is_set():
@@ -105,7 +110,7 @@ class Engine:
             self._close_stores(list(self._stores))
             log.info("engine stopped")
 
-    def _poll(self, consumer: Consumer) -> list[Message]:
+    def _poll(self, consumer: Consumer) -> list[Incoming]:
         first = consumer.poll(0.1)
         self.ready.set()
         if first is None:
@@ -115,20 +120,21 @@ class Engine:
         for msg in [first, *rest]:
             err = msg.error()
             if err is None:
-                batch.append(msg)
+                batch.append(_incoming(msg))
             elif err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer error: %s", err)
         return batch
 
-    def _transact(self, consumer: Consumer, producer: Producer, batch: list[Message]) -> None:
+    def _transact(self, consumer: Consumer, producer: Producer, batch: list[Incoming]) -> None:
         started = time.perf_counter()
         now_ms = int(time.time() * 1000)
         producer.begin_transaction()
         try:
             outs, changes, duplicates = self._process(batch, now_ms)
             offsets = self._send(producer, outs, changes)
-            producer.send_offsets_to_transaction(_next_offsets(batch), consumer.consumer_group_metadata(),
-                                                 TXN_TIMEOUT_S)
+            producer.send_offsets_to_transaction(
+                _next_offsets(batch), consumer.consumer_group_metadata(), TXN_TIMEOUT_S
+            )
             _commit(producer)
         except KafkaException as exc:
             self._abort(consumer, producer, batch, exc)
@@ -140,38 +146,51 @@ class Engine:
         self.stats.transactions += 1
         self.stats.last_commit_ms = 1000 * (time.perf_counter() - started)
 
-    def _process(self, batch: list[Message], now_ms: int) -> tuple[list[Outgoing], Changeset, int]:
-        """Everything the batch produces, the state changes per shard, and the duplicates dropped."""
-        inputs, shard_records = [], []
-        for msg in batch:
-            record = Incoming(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value())
-            (shard_records if record.topic == self._names.by_id else inputs).append(record)
-        outs, _ = self._ingest.process(inputs, now_ms)
-        touched, duplicates = set(), 0
-        for record in shard_records:
-            verdicts, dropped = self._decide.process(record, now_ms)
+    def _process(self, batch: list[Incoming], now_ms: int) -> tuple[list[Outgoing], Changeset, int]:
+        """Everything the batch produces, the state changes per shard, and the duplicates dropped.
+
+        Events whose shard this worker owns are decided in this same transaction;
+        the others travel to their shard's owner as by-id records.
+        """
+        inputs: list[Incoming] = []
+        arrived: dict[int, list[ShardItem]] = defaultdict(list)
+        for record in batch:
+            if record.topic == self._names.by_id and record.value is not None:
+                arrived[record.partition] += decode_shard(record.value)
+            else:
+                inputs.append(record)
+        outs, routed = self._ingest.process(inputs, now_ms)
+        for shard, items in routed.items():
+            if shard in self._stores:
+                arrived[shard] += items
+            else:
+                outs.append(self._ingest.shard_record(shard, items))
+        duplicates = 0
+        for shard, items in arrived.items():
+            verdicts, dropped = self._decide.process(shard, items, now_ms)
             outs += verdicts
             duplicates += dropped
-            touched.add(record.partition)
-        for shard in touched:
             self._decide.expire(shard)
-        changes = {shard: self._stores[shard].take_changes() for shard in touched}
+        changes = {shard: self._stores[shard].take_changes() for shard in arrived}
         return outs, {shard: c for shard, c in changes.items() if c}, duplicates
 
     def _send(self, producer: Producer, outs: list[Outgoing], changes: Changeset) -> dict[int, int]:
-        """Produce everything; the changelog offset each shard's changes landed at."""
+        """Produce everything and wait for it; the changelog offset each shard's changes landed at.
+
+        Waiting here, not in the commit, means a broker that went away shows as
+        undelivered records (and an abort) instead of a commit that blocks.
+        """
         for out in outs:
             _produce(producer, out.topic, out.value, out.key, out.partition, out.headers)
         offsets: dict[int, int] = {}
         for shard, shard_changes in changes.items():
-            _produce(producer, self._names.changelog, encode_changes(shard_changes), None, shard, None,
-                     on_delivery=_record_offset(offsets, shard))
-        remaining = producer.flush(TXN_TIMEOUT_S)
-        if remaining or len(offsets) != len(changes):
-            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "changelog records were not delivered"))
+            on_delivery = _record_offset(offsets, shard)
+            _produce(producer, self._names.changelog, encode_changes(shard_changes), None, shard, None, on_delivery)
+        if producer.flush(TXN_TIMEOUT_S) or len(offsets) != len(changes):
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "records of the transaction were not delivered"))
         return offsets
 
-    def _abort(self, consumer: Consumer, producer: Producer, batch: list[Message], exc: KafkaException) -> None:
+    def _abort(self, consumer: Consumer, producer: Producer, batch: list[Incoming], exc: KafkaException) -> None:
         error: KafkaError = exc.args[0]
         if error.fatal():
             raise exc
@@ -186,12 +205,12 @@ class Engine:
                 consumer.seek(tp)
         self.stats.aborted += 1
 
-    def _count(self, batch: list[Message], outs: list[Outgoing]) -> None:
-        self.stats.events_in += sum(1 for m in batch if m.topic() != self._names.by_id)
+    def _count(self, batch: list[Incoming], outs: list[Outgoing]) -> None:
+        self.stats.events_in += sum(1 for record in batch if record.topic != self._names.by_id)
         verdict_type = {topic: kind for kind, topic in self._names.verdicts.items()}
         for out in outs:
-            if out.topic == self._names.deadletter and out.headers:
-                self.stats.deadletters[out.headers[0][1].decode()] += 1
+            if out.topic == self._names.deadletter:
+                self.stats.deadletters[error_code(out)] += 1
             elif out.topic in verdict_type:
                 self.stats.verdicts[verdict_type[out.topic]] += 1
 
@@ -200,8 +219,9 @@ class Engine:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         shards = [tp.partition for tp in partitions if tp.topic == self._names.by_id]
         for shard in shards:
-            self._stores[shard] = PartitionStore(self._state_dir / f"shard-{shard}",
-                                                 StoreOptions().to_options(self._cache))
+            self._stores[shard] = PartitionStore(
+                self._state_dir / f"shard-{shard}", StoreOptions().to_options(self._cache)
+            )
         self._restore(shards)
         for shard in shards:
             self._recent[shard] = self._recent_ids(self._stores[shard])
@@ -227,13 +247,20 @@ class Engine:
         if not shards:
             return
         started = time.monotonic()
-        restorer = Consumer({**kafka_config(self._settings), "group.id": f"{self._settings.app_id}-restore",
-                             "enable.auto.commit": False, "enable.partition.eof": True,
-                             "isolation.level": "read_committed", "auto.offset.reset": "earliest"})
+        restorer = Consumer(
+            {
+                **kafka_config(self._settings),
+                "group.id": f"{self._settings.app_id}-restore",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "isolation.level": "read_committed",
+                "auto.offset.reset": "earliest",
+            }
+        )
         try:
-            start = {s: self._stores[s].checkpoint for s in shards}
-            restorer.assign([TopicPartition(self._names.changelog, s, OFFSET_BEGINNING if start[s] is None
-                                            else start[s] + 1) for s in shards])
+            restorer.assign(
+                [TopicPartition(self._names.changelog, s, _after(self._stores[s].checkpoint)) for s in shards]
+            )
             pending, applied = set(shards), 0
             while pending:
                 if time.monotonic() - started > RESTORE_TIMEOUT_S:
@@ -245,12 +272,12 @@ class Engine:
                     elif err is not None:
                         log.warning("restore: %s", err)
                     else:
-                        self._stores[msg.partition()].apply(decode_changes(msg.value()), msg.offset())
+                        record = _incoming(msg)
+                        self._stores[record.partition].apply(decode_changes(record.value or b"\x90"), record.offset)
                         applied += 1
         finally:
             restorer.close()
-        log.info("restored shards %s from %d changelog records in %.1f s", shards, applied,
-                 time.monotonic() - started)
+        log.info("restored shards %s from %d changelog records in %.1f s", shards, applied, time.monotonic() - started)
 
     # --- configuration ----------------------------------------------------------
 
@@ -281,8 +308,11 @@ class Engine:
 
 
 def _commit(producer: Producer) -> None:
-    """Commit, retrying what librdkafka says may be retried: a timed-out commit may have gone through,
-    so it must not be taken for a failure and aborted (the batch would then be decided twice)."""
+    """Commit, retrying what librdkafka says may be retried.
+
+    A timed-out commit may have gone through, so it must not be taken for a
+    failure and aborted: the batch would then be decided twice.
+    """
     while True:
         try:
             producer.commit_transaction(TXN_TIMEOUT_S)
@@ -306,8 +336,15 @@ def _retrying(operation: Callable[[], None]) -> None:
             time.sleep(1.0)
 
 
-def _produce(producer: Producer, topic: str, value: bytes | None, key: bytes | None, partition: int,
-             headers: list[tuple[str, bytes]] | None, on_delivery: Callable[..., None] | None = None) -> None:
+def _produce(
+    producer: Producer,
+    topic: str,
+    value: bytes | None,
+    key: bytes | None,
+    partition: int,
+    headers: Headers | None,
+    on_delivery: Callable[..., None] | None = None,
+) -> None:
     while True:
         try:
             producer.produce(topic, value, key, partition=partition, headers=headers, on_delivery=on_delivery)
@@ -318,23 +355,35 @@ def _produce(producer: Producer, topic: str, value: bytes | None, key: bytes | N
 
 def _record_offset(offsets: dict[int, int], shard: int) -> Callable[[KafkaError | None, Message], None]:
     def on_delivery(err: KafkaError | None, msg: Message) -> None:
-        if err is None:
-            offsets[shard] = msg.offset()
+        offset = msg.offset()
+        if err is None and offset is not None:
+            offsets[shard] = offset
 
     return on_delivery
 
 
-def _next_offsets(batch: list[Message]) -> list[TopicPartition]:
+def _after(checkpoint: int | None) -> int:
+    return OFFSET_BEGINNING if checkpoint is None else checkpoint + 1
+
+
+def _incoming(msg: Message) -> Incoming:
+    """A consumed record without an error, as the stages see it."""
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    assert topic is not None and partition is not None and offset is not None
+    return Incoming(topic, partition, offset, msg.key(), msg.value())
+
+
+def _next_offsets(batch: list[Incoming]) -> list[TopicPartition]:
     last: dict[tuple[str, int], int] = {}
-    for msg in batch:
-        key = (msg.topic(), msg.partition())
-        last[key] = max(last.get(key, -1), msg.offset())
+    for record in batch:
+        key = (record.topic, record.partition)
+        last[key] = max(last.get(key, -1), record.offset)
     return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
 
 
-def _first_offsets(batch: list[Message]) -> list[TopicPartition]:
+def _first_offsets(batch: list[Incoming]) -> list[TopicPartition]:
     first: dict[tuple[str, int], int] = {}
-    for msg in batch:
-        key = (msg.topic(), msg.partition())
-        first[key] = min(first.get(key, msg.offset()), msg.offset())
+    for record in batch:
+        key = (record.topic, record.partition)
+        first[key] = min(first.get(key, record.offset), record.offset)
     return [TopicPartition(t, p, o) for (t, p), o in first.items()]

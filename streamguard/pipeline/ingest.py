@@ -1,9 +1,11 @@
 """Stage 1: validate what upstream sent and route each event to its by-id shard.
 
 Invalid messages become dead letters carrying the original key and bytes.
-Valid ones are grouped per shard (the keyed hash of `event_id` picks it), so
-one Kafka record carries all of a batch's events for that shard. Routing by
-id, not by whatever key upstream chose, is what makes de-duplication exact.
+Valid ones are grouped per shard (the keyed hash of `event_id` picks it).
+Routing by id, not by whatever key upstream chose, is what makes
+de-duplication exact. The engine hands a group to the decide stage directly
+when this worker owns that shard, and otherwise sends it to the shard's
+`by-id` partition as one Kafka record (`shard_record`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Iterable
 from streamguard.codec import ShardItem, decode_event, encode_shard
 from streamguard.errors import InvalidEvent
 from streamguard.events import DeadLetterHeader as H
-from streamguard.pipeline.records import Incoming, Outgoing
+from streamguard.pipeline.records import Headers, Incoming, Outgoing
 from streamguard.privacy import Pseudonymizer
 from streamguard.topics.names import TopicNames
 
@@ -25,27 +27,27 @@ class Ingest:
         self._type_of = names.input_type()
         self._pseudo = pseudonymizer
 
-    def process(self, batch: Iterable[Incoming], now_ms: int) -> tuple[list[Outgoing], int]:
-        """Dead letters and by-id records for `batch`; and how many events were valid."""
-        out: list[Outgoing] = []
+    def process(self, batch: Iterable[Incoming], now_ms: int) -> tuple[list[Outgoing], dict[int, list[ShardItem]]]:
+        """Dead letters for `batch`, and its valid events grouped by shard."""
+        dead: list[Outgoing] = []
         shards: dict[int, list[ShardItem]] = defaultdict(list)
         for record in batch:
             try:
                 event = decode_event(record.value, self._type_of[record.topic], now_ms)
             except InvalidEvent as exc:
-                out.append(dead_letter(record, exc, self._names.deadletter))
+                dead.append(dead_letter(record, exc, self._names.deadletter))
                 continue
             digest = self._pseudo.digest("event_id", event.event_id)
             shards[int.from_bytes(digest[:4], "big") % self._names.shards].append((digest, event))
-        valid = 0
-        for shard, items in shards.items():
-            out.append(Outgoing(self._names.by_id, encode_shard(items), partition=shard))
-            valid += len(items)
-        return out, valid
+        return dead, shards
+
+    def shard_record(self, shard: int, items: list[ShardItem]) -> Outgoing:
+        """The by-id record that carries `items` to the worker that owns `shard`."""
+        return Outgoing(self._names.by_id, encode_shard(items), partition=shard)
 
 
 def dead_letter(record: Incoming, error: InvalidEvent, topic: str) -> Outgoing:
-    headers = [
+    headers: Headers = [
         (H.ERROR, error.code.encode()),
         (H.DETAIL, error.detail.encode()),
         (H.SOURCE_TOPIC, record.topic.encode()),
@@ -53,3 +55,9 @@ def dead_letter(record: Incoming, error: InvalidEvent, topic: str) -> Outgoing:
         (H.SOURCE_OFFSET, str(record.offset).encode()),
     ]
     return Outgoing(topic, record.value, key=record.key, headers=headers)
+
+
+def error_code(dead: Outgoing) -> str:
+    """The `sg-error` code of a dead letter made by `dead_letter`."""
+    code = dict(dead.headers or []).get(H.ERROR)
+    return code.decode() if isinstance(code, bytes) else str(code)

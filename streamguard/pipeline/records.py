@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+Headers = list[tuple[str, str | bytes | None]]
+
 
 @dataclass(frozen=True, slots=True)
 class Incoming:
@@ -20,4 +22,4 @@ class Outgoing:
     value: bytes | None
     key: bytes | None = None
     partition: int = -1  # -1: the producer's partitioner (murmur2 of the key, as Java clients)
-    headers: list[tuple[str, bytes]] | None = None
+    headers: Headers | None = None

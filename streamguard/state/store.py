@@ -86,6 +86,7 @@ class PartitionStore:
         for n, key in enumerate(self._db.keys(from_key=lower, read_opt=opts)):
             if n >= limit:
                 return
+            assert isinstance(key, bytes)  # raw mode
             yield key
 
     def take_changes(self) -> Changes:

@@ -8,8 +8,6 @@ import pytest
 
 from tests.integration.harness import ROOT, Broker, Stack
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="session")
 def broker() -> Iterator[Broker]:

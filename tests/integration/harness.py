@@ -117,11 +117,16 @@ class Stack:
     def start_worker(self, name: str = "w1", wait: bool = True) -> Worker:
         port = free_port()
         log = self.workdir / f"{name}.log"
-        env = {**os.environ, **self.env(), "STREAMGUARD_WEB_PORT": str(port),
-               "STREAMGUARD_DATA_DIR": str(self.workdir / name)}
+        env = {
+            **os.environ,
+            **self.env(),
+            "STREAMGUARD_WEB_PORT": str(port),
+            "STREAMGUARD_DATA_DIR": str(self.workdir / name),
+        }
         with log.open("ab") as out:  # the child keeps its own copy of the descriptor
-            process = subprocess.Popen([sys.executable, "-m", "streamguard.cli", "worker"], env=env,
-                                       stdout=out, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                [sys.executable, "-m", "streamguard.cli", "worker"], env=env, stdout=out, stderr=subprocess.STDOUT
+            )
         worker = Worker(process, port, log)
         self.workers.append(worker)
         if wait:
@@ -130,8 +135,9 @@ class Stack:
 
     def produce(self, messages: Iterable[tuple[str, bytes | None, bytes | None]], partition: int | None = None) -> int:
         """Send (topic, key, value) messages, topic names without the prefix; how many."""
-        producer = Producer({"bootstrap.servers": self.broker.bootstrap, "linger.ms": 5,
-                             "partitioner": "murmur2_random"})
+        producer = Producer(
+            {"bootstrap.servers": self.broker.bootstrap, "linger.ms": 5, "partitioner": "murmur2_random"}
+        )
         n = 0
         for topic, key, value in messages:
             extra = {} if partition is None else {"partition": partition}
@@ -156,9 +162,15 @@ class Reader:
 
     def __init__(self, stack: Stack) -> None:
         self.deadletter_topic = stack.topic("deadletter")
-        self.consumer = Consumer({"bootstrap.servers": stack.broker.bootstrap, "group.id": f"reader-{uuid.uuid4()}",
-                                  "isolation.level": "read_committed", "auto.offset.reset": "earliest",
-                                  "enable.auto.commit": False})
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": stack.broker.bootstrap,
+                "group.id": f"reader-{uuid.uuid4()}",
+                "isolation.level": "read_committed",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
         topics = [stack.topic(f"verdicts.{t}") for t in EVENT_TYPES] + [self.deadletter_topic]
         meta = self.consumer.list_topics(timeout=10).topics
         self.consumer.assign([TopicPartition(t, p, 0) for t in topics for p in meta[t].partitions])
@@ -183,8 +195,10 @@ class Reader:
                 reached_at = reached_at or time.monotonic()
                 if time.monotonic() - reached_at >= settle:
                     return
-        raise AssertionError(f"got {len(self.verdicts)}/{verdicts} verdicts and "
-                             f"{len(self.deadletters)}/{deadletters} dead letters in {timeout} s")
+        raise AssertionError(
+            f"got {len(self.verdicts)}/{verdicts} verdicts and "
+            f"{len(self.deadletters)}/{deadletters} dead letters in {timeout} s"
+        )
 
     def close(self) -> None:
         self.consumer.close()

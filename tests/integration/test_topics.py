@@ -16,8 +16,9 @@ pytestmark = pytest.mark.integration
 
 def _cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**stack.env(), "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, "-m", "streamguard.cli", "topics", *args], env=env, text=True,
-                          capture_output=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "streamguard.cli", "topics", *args], env=env, text=True, capture_output=True, timeout=120
+    )
 
 
 def test_create_is_idempotent(stack: Stack):

@@ -23,8 +23,11 @@ def test_it_parses_and_has_broker_topics_workers_and_demo():
 def test_every_streamguard_variable_it_sets_is_a_setting():
     for name, service in _compose()["services"].items():
         env = {k: str(v) for k, v in (service.get("environment") or {}).items()}
-        ours = {k: v.replace("${STREAMGUARD_HASH_KEY:-", "").rstrip("}") for k, v in env.items()
-                if k.startswith("STREAMGUARD_")}
+        ours = {
+            k: v.replace("${STREAMGUARD_HASH_KEY:-", "").rstrip("}")
+            for k, v in env.items()
+            if k.startswith("STREAMGUARD_")
+        }
         assert unknown_env(ours) == [], name
         load(ours)  # parses: no variable has a value of the wrong type
 

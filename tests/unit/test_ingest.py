@@ -17,8 +17,8 @@ def _incoming(kind: str, value: bytes | None, offset: int = 7, key: bytes | None
 
 
 def test_an_invalid_message_becomes_a_dead_letter_with_the_evidence():
-    (out,), valid = INGEST.process([_incoming("login", b"{oops", offset=42)], NOW_MS)
-    assert valid == 0
+    (out,), shards = INGEST.process([_incoming("login", b"{oops", offset=42)], NOW_MS)
+    assert shards == {}
     assert out.topic == "deadletter"
     assert out.value == b"{oops" and out.key == b"k1"
     headers = dict(out.headers)
@@ -35,20 +35,24 @@ def test_a_tombstone_is_dead_lettered_as_it_came():
     assert dict(out.headers)["sg-error"] == b"invalid_json"
 
 
-def test_valid_events_are_grouped_per_shard():
-    batch = [_incoming(kind, json.dumps({**event, "event_id": f"{kind}-{i}"}).encode())
-             for i in range(50) for kind, event in valid_events().items()]
-    outs, valid = INGEST.process(batch, NOW_MS)
-    assert valid == 250
-    assert {o.topic for o in outs} == {NAMES.by_id}
-    assert len({o.partition for o in outs}) == len(outs) <= NAMES.shards
-    ids = [event.event_id for o in outs for _, event in decode_shard(o.value)]
+def test_valid_events_are_grouped_per_shard_and_travel_in_one_record_each():
+    batch = [
+        _incoming(kind, json.dumps({**event, "event_id": f"{kind}-{i}"}).encode())
+        for i in range(50)
+        for kind, event in valid_events().items()
+    ]
+    dead, shards = INGEST.process(batch, NOW_MS)
+    assert dead == []
+    assert set(shards) <= set(range(NAMES.shards)) and len(shards) > 1
+    records = [INGEST.shard_record(shard, items) for shard, items in shards.items()]
+    assert all(r.topic == NAMES.by_id for r in records)
+    ids = [event.event_id for r in records for _, event in decode_shard(r.value)]
     assert sorted(ids) == sorted(f"{k}-{i}" for i in range(50) for k in valid_events())
 
 
 def test_the_shard_depends_on_the_event_id_only():
     event = valid_events()["login"]
-    first, _ = INGEST.process([_incoming("login", json.dumps(event).encode(), key=b"a")], NOW_MS)
+    _, first = INGEST.process([_incoming("login", json.dumps(event).encode(), key=b"a")], NOW_MS)
     moved = {**event, "ip": "10.9.9.9"}
-    second, _ = INGEST.process([Incoming(NAMES.inputs["login"], 5, 1, None, json.dumps(moved).encode())], NOW_MS)
-    assert first[0].partition == second[0].partition
+    _, second = INGEST.process([Incoming(NAMES.inputs["login"], 5, 1, None, json.dumps(moved).encode())], NOW_MS)
+    assert list(first) == list(second)
