@@ -86,12 +86,14 @@ class Engine:
         self._decide = Decide(names, self._recent.__getitem__)
         self.stats = EngineStats()
         self.ready = threading.Event()
+        self.transaction_started: float | None = None  # time.monotonic(); None between transactions
 
     # --- the loop ----------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
         producer = Producer(self._producer_config())
-        producer.init_transactions(TXN_TIMEOUT_S)  # aborts what a killed predecessor left open
+        # Aborts what a killed predecessor left open; waits for a broker that is away.
+        _retrying(lambda: producer.init_transactions(TXN_TIMEOUT_S))
         consumer = Consumer(self._consumer_config())
         consumer.subscribe(
             [*self._names.inputs.values(), self._names.by_id],
@@ -126,6 +128,13 @@ class Engine:
         return batch
 
     def _transact(self, consumer: Consumer, producer: Producer, batch: list[Incoming]) -> None:
+        self.transaction_started = time.monotonic()
+        try:
+            self._transact_once(consumer, producer, batch)
+        finally:
+            self.transaction_started = None
+
+    def _transact_once(self, consumer: Consumer, producer: Producer, batch: list[Incoming]) -> None:
         started = time.perf_counter()
         now_ms = int(time.time() * 1000)
         producer.begin_transaction()
@@ -288,7 +297,7 @@ class Engine:
             "transaction.timeout.ms": 10_000,  # bounds how long a killed worker's open transaction blocks readers
             "linger.ms": 1,
             "partitioner": "murmur2_random",  # the same key -> partition mapping as Java clients
-            "message.max.bytes": 2_000_000,
+            "message.max.bytes": 9_000_000,  # above the deadletter topic's max.message.bytes
         }
 
     def _consumer_config(self) -> dict[str, Any]:

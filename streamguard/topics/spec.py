@@ -21,11 +21,15 @@ class TopicSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     replication: int = 1
     cleanup: Literal["delete", "compact"] = "delete"
     retention_ms: int = 604_800_000
+    max_message_bytes: int | None = None  # None: the broker's default
     internal: bool = False
 
     def configs(self) -> dict[str, str]:
         """The topic-level broker configs this definition pins."""
-        return {"cleanup.policy": self.cleanup, "retention.ms": str(self.retention_ms)}
+        configs = {"cleanup.policy": self.cleanup, "retention.ms": str(self.retention_ms)}
+        if self.max_message_bytes is not None:
+            configs["max.message.bytes"] = str(self.max_message_bytes)
+        return configs
 
     def named(self, prefix: str, app_id: str) -> TopicSpec:
         """This topic under its full name: internal topics also carry the app id."""

@@ -96,6 +96,7 @@ class Stack:
     prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}-")
     app_id: str = "sg"
     workers: list[Worker] = field(default_factory=list)
+    readers: list[Reader] = field(default_factory=list)
 
     def env(self) -> dict[str, str]:
         return {
@@ -148,9 +149,13 @@ class Stack:
         return n
 
     def reader(self) -> Reader:
-        return Reader(self)
+        reader = Reader(self)
+        self.readers.append(reader)
+        return reader
 
     def stop(self) -> None:
+        for reader in self.readers:
+            reader.close()
         for worker in self.workers:
             if worker.process.poll() is None:
                 worker.process.kill()
@@ -177,6 +182,7 @@ class Reader:
         self.verdicts: list[dict[str, Any]] = []
         self.verdict_keys: list[bytes] = []
         self.deadletters: list[Any] = []
+        self.closed = False
 
     def read_until(self, verdicts: int, deadletters: int = 0, timeout: float = 60.0, settle: float = 3.0) -> None:
         """Read until the counts are reached, then `settle` seconds more to catch any extra record."""
@@ -201,7 +207,9 @@ class Reader:
         )
 
     def close(self) -> None:
-        self.consumer.close()
+        if not self.closed:
+            self.closed = True
+            self.consumer.close()
 
 
 def make_events(n: int, run: str, ts: int | None = None) -> list[tuple[str, bytes, bytes, str]]:

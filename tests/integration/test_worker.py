@@ -153,3 +153,22 @@ def test_a_broker_restart_mid_stream_loses_nothing_and_repeats_nothing(stack: St
     _assert_exactly_once(reader.verdicts, {e[3] for e in events})
     assert stack.workers[0].process.poll() is None, "the worker survived the broker's restart"
     reader.close()
+
+
+def test_a_message_as_large_as_the_broker_takes_is_dead_lettered_whole(stack: Stack):
+    from confluent_kafka import Producer
+
+    raw = b'{"event_id": "big", "type": "sms", "pad": "' + b"x" * 1_900_000 + b'"}'
+    producer = Producer({"bootstrap.servers": stack.broker.bootstrap, "message.max.bytes": 3_000_000})
+    producer.produce(stack.topic("events.sms"), raw, b"big-key")
+    assert producer.flush(30) == 0
+    (topic, key, value, event_id) = make_events(5, "after-big")[3]  # a valid event behind it
+    stack.produce([(topic, key, value)])
+    stack.start_worker()
+    reader = stack.reader()
+    reader.read_until(1, 1)
+    (dead,) = reader.deadletters
+    assert dead.value() == raw and dead.key() == b"big-key"
+    assert dict(dead.headers())["sg-error"] == b"too_large"
+    assert [v["event_id"] for v in reader.verdicts] == [event_id]
+    reader.close()
