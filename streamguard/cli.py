@@ -87,8 +87,9 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _topics(settings: Settings, args: argparse.Namespace) -> int:
+    """`create` reports drift and succeeds; `check` fails on drift, for scripts that gate on it."""
     problems = _apply_topics(settings, quiet=False, create=args.action == "create")
-    return 1 if problems else 0
+    return 1 if problems and args.action == "check" else 0
 
 
 def _apply_topics(settings: Settings, quiet: bool, create: bool = True) -> list[str]:

@@ -48,7 +48,7 @@ class EngineStats:
     events_in: int = 0
     deadletters: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
-    verdicts: Counter[str] = field(default_factory=Counter)  # "type/decision"
+    verdicts: Counter[str] = field(default_factory=Counter)  # event type -> verdicts published
     transactions: int = 0
     aborted: int = 0
     shards: list[int] = field(default_factory=list)

@@ -35,7 +35,7 @@ def test_drift_is_reported_and_not_fixed(broker: Broker, tmp_path):
     wrong = NewTopic(stack.topic("events.sms"), 2, 1, config={"retention.ms": "1000"})
     client.create_topics([wrong])["" + stack.topic("events.sms")].result()
     result = _cli(stack, "create")
-    assert result.returncode == 1
+    assert result.returncode == 0, "drift is reported, not fatal: the other topics were created"
     assert f"{stack.topic('events.sms')}: 2 partitions, defined with 6" in result.stderr
     assert "retention.ms=1000, defined as 604800000" in result.stderr
     check = _cli(stack, "check")
