@@ -1,0 +1,158 @@
+"""Sliding event-time windows kept as a ring of buckets.
+
+A window of `window_buckets` buckets of `resolution` ms is kept in a ring of
+`starts.shape[0]` slots (at least the window plus the allowed lateness).
+Slot `b % n` holds bucket `b` (`starts[slot] == b`), or an older bucket that
+has left the ring, or nothing (`starts[slot] < 0`). An event at `ts` counts in
+bucket `ts // resolution`; a query at `ts` covers buckets
+`ts // resolution - window_buckets + 1` to `ts // resolution`, whatever the
+order the events arrived in. An event older than the ring keeps is refused
+(returns False) and changes nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+EMPTY = -1
+
+
+@njit(cache=True)
+def ring_slot(starts: np.ndarray, ts: int, resolution: int) -> tuple[int, bool]:
+    """The slot of the bucket of `ts` and whether it was just claimed; slot -1 if `ts` is too old."""
+    bucket = ts // resolution
+    slot = bucket % starts.shape[0]
+    held = starts[slot]
+    if held == bucket:
+        return slot, False
+    if held > bucket:
+        return -1, False
+    starts[slot] = bucket  # the slot was free, or held a bucket that has left the ring
+    return slot, True
+
+
+@njit(cache=True)
+def ring_add(starts: np.ndarray, values: np.ndarray, ts: int, resolution: int, amount: float) -> bool:
+    """Add `amount` to the bucket of `ts` (count, count-where, sum)."""
+    slot, fresh = ring_slot(starts, ts, resolution)
+    if slot < 0:
+        return False
+    if fresh:
+        values[slot] = 0.0
+    values[slot] += amount
+    return True
+
+
+@njit(cache=True)
+def ring_extreme(starts: np.ndarray, values: np.ndarray, ts: int, resolution: int, value: float, is_max: bool) -> bool:
+    """Keep the max (or min) of the bucket of `ts`."""
+    slot, fresh = ring_slot(starts, ts, resolution)
+    if slot < 0:
+        return False
+    if fresh or (value > values[slot] if is_max else value < values[slot]):
+        values[slot] = value
+    return True
+
+
+@njit(cache=True)
+def ring_sum(starts: np.ndarray, values: np.ndarray, ts: int, resolution: int, window_buckets: int) -> float:
+    """The sum of the buckets in the window that ends with the bucket of `ts`."""
+    newest = ts // resolution
+    oldest = max(newest - window_buckets + 1, 0)  # an empty slot holds EMPTY, below every bucket
+    total = 0.0
+    for i in range(starts.shape[0]):
+        if oldest <= starts[i] <= newest:
+            total += values[i]
+    return total
+
+
+@njit(cache=True)
+def ring_reduce_extreme(
+    starts: np.ndarray, values: np.ndarray, ts: int, resolution: int, window_buckets: int, is_max: bool
+) -> float:
+    """The max (or min) over the window; NaN for an empty window."""
+    newest = ts // resolution
+    oldest = max(newest - window_buckets + 1, 0)  # an empty slot holds EMPTY, below every bucket
+    found = False
+    best = 0.0
+    for i in range(starts.shape[0]):
+        if oldest <= starts[i] <= newest:
+            v = values[i]
+            if not found or (v > best) == is_max:
+                best = v
+                found = True
+    return best if found else np.nan
+
+
+@njit(cache=True)
+def distinct_add(
+    starts: np.ndarray, hashes: np.ndarray, masks: np.ndarray, used: int, value_hash: int, ts: int, resolution: int
+) -> int:
+    """Record `value_hash` in the bucket of `ts`; the values kept after, -1 when full, -2 if `ts` is too old.
+
+    Exact distinct counts keep each value with a bit mask of the ring slots it
+    was seen in (a ring has at most 64 slots); a slot taken over by a newer
+    bucket is cleared from every mask, and values left with no bit are dropped.
+    """
+    slot, fresh = ring_slot(starts, ts, resolution)
+    if slot < 0:
+        return -2
+    bit = np.uint64(1) << np.uint64(slot)
+    if fresh:
+        used = _clear_slot(hashes, masks, used, ~bit)
+    for i in range(used):
+        if hashes[i] == value_hash:
+            masks[i] |= bit
+            return used
+    if used == hashes.shape[0]:
+        return -1
+    hashes[used] = value_hash
+    masks[used] = bit
+    return used + 1
+
+
+@njit(cache=True)
+def _clear_slot(hashes: np.ndarray, masks: np.ndarray, used: int, keep: np.uint64) -> int:
+    kept = 0
+    for i in range(used):
+        mask = masks[i] & keep
+        if mask:
+            hashes[kept] = hashes[i]
+            masks[kept] = mask
+            kept += 1
+    return kept
+
+
+@njit(cache=True)
+def distinct_count(
+    starts: np.ndarray, masks: np.ndarray, used: int, ts: int, resolution: int, window_buckets: int
+) -> int:
+    """How many values were seen in the window that ends with the bucket of `ts`."""
+    newest = ts // resolution
+    oldest = max(newest - window_buckets + 1, 0)  # an empty slot holds EMPTY, below every bucket
+    window = np.uint64(0)
+    for slot in range(starts.shape[0]):
+        if oldest <= starts[slot] <= newest:
+            window |= np.uint64(1) << np.uint64(slot)
+    n = 0
+    for i in range(used):
+        if masks[i] & window:
+            n += 1
+    return n
+
+
+def warm_up() -> None:
+    """Compile (or load from the cache) every kernel, so that no event waits for numba."""
+    starts, values = np.full(4, EMPTY, np.int64), np.zeros(4, np.float64)
+    hashes, masks = np.zeros(2, np.int64), np.zeros(2, np.uint64)
+    ring_slot(starts, 1, 1)
+    ring_add(starts, values, 1, 1, 1.0)
+    ring_extreme(starts, values, 1, 1, 1.0, True)
+    ring_sum(starts, values, 1, 1, 2)
+    ring_reduce_extreme(starts, values, 1, 1, 2, True)
+    used = distinct_add(starts, hashes, masks, 0, 7, 1, 1)
+    distinct_count(starts, masks, used, 1, 1, 2)
+
+
+KERNELS = (ring_slot, ring_add, ring_extreme, ring_sum, ring_reduce_extreme, distinct_add, distinct_count)
