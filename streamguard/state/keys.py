@@ -42,3 +42,11 @@ def encode_u64(value: int) -> bytes:
 def decode_u64(raw: bytes) -> int:
     value: int = _U64.unpack(raw)[0]
     return value
+
+
+FEATURE: Final = b"\x03"
+
+
+def feature(state_key: bytes, entity_digest: bytes) -> bytes:
+    """One entity's window for one feature: the feature's state id, then the entity's keyed hash."""
+    return FEATURE + state_key + entity_digest

@@ -1,0 +1,89 @@
+"""A feature declaration made executable: its filter, what it reads, and its window state."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from streamguard.events import AnyEvent
+from streamguard.features.spec import FeatureSpec
+from streamguard.features.windows import DistinctWindow, ExtremeWindow, SinceLastWindow, SumWindow, Window
+
+_OPS: Final[dict[str, Callable[[Any, Any], bool]]] = {
+    "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+    "in": lambda a, b: a in b,
+}  # fmt: skip
+
+
+def ip_network(ip: str) -> str:
+    """The /24 of an IPv4 address or the /64 of an IPv6 one."""
+    prefix = 64 if ":" in ip else 24
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
+def phone_block(phone: str, digits: int) -> str:
+    """The first `digits` digits of an E.164 number: consecutive numbers share it."""
+    return phone[1 : 1 + digits]
+
+
+def field_value(event: AnyEvent, name: str, fingerprint: str | None, block_digits: int | None) -> Any:
+    """An event's field, or a derived one (ip_network, phone_block, fingerprint); None if absent."""
+    if name == "fingerprint":
+        return fingerprint
+    if name == "ip_network":
+        ip = getattr(event, "ip", None)
+        return None if ip is None else ip_network(ip)
+    if name == "phone_block":
+        phone = getattr(event, "phone", None)
+        return None if phone is None or block_digits is None else phone_block(phone, block_digits)
+    return getattr(event, name, None)
+
+
+def value_hash(value: Any) -> int:
+    """A signed 64-bit hash of a distinct value (never stored raw)."""
+    digest = hashlib.blake2b(str(value).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+@dataclass(frozen=True)
+class CompiledFeature:
+    spec: FeatureSpec
+    slots: int
+    state_key: bytes  # the feature's namespace in state: its state_id
+
+    @classmethod
+    def of(cls, spec: FeatureSpec, lateness_ms: int) -> CompiledFeature:
+        return cls(spec, spec.slots(lateness_ms), bytes.fromhex(spec.state_id))
+
+    def updates_on(self, event: AnyEvent, kind: str, fingerprint: str | None) -> bool:
+        """Whether `event` counts in this feature (its type, its filter, the field it reads)."""
+        if kind not in self.spec.events:
+            return False
+        for predicate in self.spec.where:
+            actual = getattr(event, predicate.field, None)
+            if actual is None or not _OPS[predicate.op](actual, predicate.value):
+                return False
+        return self.spec.field is None or self.reads(event, fingerprint) is not None
+
+    def reads(self, event: AnyEvent, fingerprint: str | None) -> Any:
+        if self.spec.field is None:
+            return 1
+        value = field_value(event, self.spec.field, fingerprint, self.spec.phone_block_digits)
+        if value is None:
+            return None
+        return value_hash(value) if self.spec.aggregate == "distinct" else value
+
+    def window(self, raw: bytes | None) -> Window:
+        spec = self.spec
+        resolution, buckets = spec.resolution_ms, spec.window_ms // spec.resolution_ms
+        if spec.aggregate in ("count", "sum"):
+            return SumWindow(self.slots, resolution, buckets, raw)
+        if spec.aggregate in ("min", "max"):
+            return ExtremeWindow(self.slots, resolution, buckets, spec.aggregate == "max", raw)
+        if spec.aggregate == "distinct":
+            return DistinctWindow(self.slots, resolution, buckets, spec.distinct_cap, raw)
+        return SinceLastWindow(raw)

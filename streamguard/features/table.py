@@ -1,0 +1,58 @@
+"""Features computed where an entity's state lives: update its windows, read its values.
+
+`EntityFeatures.apply` is what the owner of an entity's partition runs for
+each event that has that entity. It knows nothing of Kafka: the caller gives
+it the store of the partition and the event; entities arrive pseudonymised.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from streamguard.codec import event_type
+from streamguard.events import AnyEvent
+from streamguard.features.compiled import CompiledFeature, field_value
+from streamguard.features.spec import FeatureSpec
+from streamguard.privacy import Pseudonymizer
+from streamguard.state import keys
+from streamguard.state.store import PartitionStore
+
+
+def entity_id(spec: FeatureSpec) -> str:
+    """What the feature is counted per; phone blocks of different lengths are different entities."""
+    return f"phone_block/{spec.phone_block_digits}" if spec.entity == "phone_block" else spec.entity
+
+
+class EntityFeatures:
+    def __init__(self, features: list[FeatureSpec], lateness_ms: int) -> None:
+        self.by_entity: dict[str, list[CompiledFeature]] = defaultdict(list)
+        for spec in features:
+            self.by_entity[entity_id(spec)].append(CompiledFeature.of(spec, lateness_ms))
+
+    def entities_of(self, event: AnyEvent, fingerprint: str | None, pseudo: Pseudonymizer) -> dict[str, bytes]:
+        """Entity id -> keyed hash of its value, for every entity of `event` some feature is counted per."""
+        found = {}
+        for eid, compiled in self.by_entity.items():
+            spec = compiled[0].spec
+            if spec.entity == "global":
+                value = "global"
+            else:  # entity names are event fields, or derived ones (ip_network, phone_block, fingerprint)
+                value = field_value(event, spec.entity, fingerprint, spec.phone_block_digits)
+            if value is not None:
+                found[eid] = pseudo.digest(eid, str(value))
+        return found
+
+    def apply(
+        self, store: PartitionStore, eid: str, digest: bytes, event: AnyEvent, fingerprint: str | None
+    ) -> dict[str, float]:
+        """Count `event` in the entity's windows it belongs to; every feature of the entity's value at `event.ts`."""
+        kind = event_type(event)
+        values = {}
+        for compiled in self.by_entity[eid]:
+            key = keys.feature(compiled.state_key, digest)
+            window = compiled.window(store.get(key))
+            if compiled.updates_on(event, kind, fingerprint):
+                window.add(event.ts, compiled.reads(event, fingerprint))
+                store.put(key, window.to_bytes())
+            values[compiled.spec.name] = window.value(event.ts)
+        return values

@@ -1,0 +1,148 @@
+"""Entity features against brute force over the same events, in any order within the lateness."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import pytest
+from rocksdict import Cache
+
+from streamguard.events import LoginEvent, SmsEvent, TransactionEvent
+from streamguard.features.compiled import ip_network, phone_block
+from streamguard.features.spec import load_features
+from streamguard.features.table import EntityFeatures
+from streamguard.privacy import Pseudonymizer
+from streamguard.state.store import PartitionStore, StoreOptions
+
+LATENESS = 300_000
+PSEUDO = Pseudonymizer(b"feature-test-key" * 2)
+T0 = 1_790_000_000_000
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    store = PartitionStore(tmp_path / "s", StoreOptions().to_options(Cache(1 << 20)))
+    yield store
+    store.close()
+
+
+def _stream(n: int, seed: int) -> list:
+    """Logins, SMS and payments over 3 h on a few IPs, accounts and phones, delivered up to 4 min out of order."""
+    rng = random.Random(seed)
+    events = []
+    for i in range(n):
+        ts = T0 + rng.randrange(3 * 3_600_000)
+        ip = f"10.0.{rng.randrange(3)}.{rng.randrange(1, 4)}"
+        account = f"acct_{rng.randrange(6)}"
+        roll = rng.random()
+        if roll < 0.6:
+            events.append(
+                LoginEvent(
+                    event_id=f"e{i}",
+                    ts=ts,
+                    account_id=account,
+                    ip=ip,
+                    success=rng.random() < 0.3,
+                    failure_reason="no_such_account" if rng.random() < 0.3 else None,
+                )
+            )
+        elif roll < 0.85:
+            events.append(SmsEvent(event_id=f"e{i}", ts=ts, phone=f"+861380000{rng.randrange(40):04d}", ip=ip))
+        else:
+            events.append(
+                TransactionEvent(
+                    event_id=f"e{i}",
+                    ts=ts,
+                    account_id=account,
+                    amount=rng.randrange(2000),
+                    currency="CNY",
+                    kind="payment",
+                    instrument_id=f"card{rng.randrange(8)}",
+                )
+            )
+    arrival = {e.event_id: e.ts + rng.randrange(240_000) for e in events}  # bounded disorder
+    return sorted(events, key=lambda e: arrival[e.event_id])
+
+
+def _brute(spec, seen: list, event) -> float:
+    """The feature over the events processed so far (this one included) in this event's window."""
+    newest = event.ts // spec.resolution_ms
+    oldest = newest - spec.window_ms // spec.resolution_ms + 1
+
+    def same_entity(other) -> bool:
+        if spec.entity == "global":
+            return True
+        if spec.entity == "ip_network":
+            return getattr(other, "ip", None) is not None and ip_network(other.ip) == ip_network(event.ip)
+        if spec.entity == "phone_block":
+            digits = spec.phone_block_digits
+            return getattr(other, "phone", None) and phone_block(other.phone, digits) == phone_block(
+                event.phone, digits
+            )
+        return getattr(other, spec.entity, None) == getattr(event, spec.entity)
+
+    def counts(other) -> bool:
+        ops = {"==": lambda a, b: a == b, "<": lambda a, b: a < b}
+        return (
+            type(other).__struct_config__.tag in spec.events
+            and all(
+                getattr(other, p.field, None) is not None and ops[p.op](getattr(other, p.field), p.value)
+                for p in spec.where
+            )
+            and (spec.field is None or _field(other, spec) is not None)
+        )
+
+    members = [o for o in seen if same_entity(o) and counts(o) and oldest <= o.ts // spec.resolution_ms <= newest]
+    if spec.aggregate == "count":
+        return float(len(members))
+    if spec.aggregate == "distinct":
+        return float(len({_field(o, spec) for o in members}))
+    raise AssertionError(spec.aggregate)
+
+
+def _field(event, spec):
+    if spec.field == "phone_block":
+        return phone_block(event.phone, spec.phone_block_digits)
+    return getattr(event, spec.field, None)
+
+
+def test_every_value_matches_brute_force(store):
+    specs = [
+        s
+        for s in load_features(LATENESS)
+        if s.entity not in ("fingerprint", "device_id") and s.aggregate in ("count", "distinct")
+    ]
+    table = EntityFeatures(specs, LATENESS)
+    seen, checked = [], 0
+    for event in _stream(700, seed=4):
+        seen.append(event)
+        for eid, digest in table.entities_of(event, None, PSEUDO).items():
+            values = table.apply(store, eid, digest, event, None)
+            store.apply(store.take_changes(), 0)
+            for spec in (c.spec for c in table.by_entity[eid]):
+                assert values[spec.name] == _brute(spec, seen, event), (spec.name, event.event_id)
+                checked += 1
+    assert checked > 2000
+
+
+def test_since_last_is_the_gap_to_the_previous_event(store):
+    (spec,) = [s for s in load_features(LATENESS) if s.aggregate == "since_last"]
+    table = EntityFeatures([spec], LATENESS)
+    gaps = []
+    for i, ts in enumerate([T0, T0 + 30_000, T0 + 90_000]):
+        event = LoginEvent(event_id=f"l{i}", ts=ts, account_id="a", ip="10.0.0.1", success=True)
+        ((eid, digest),) = table.entities_of(event, None, PSEUDO).items()
+        gaps.append(table.apply(store, eid, digest, event, None)[spec.name])
+    assert math.isnan(gaps[0]) and gaps[1:] == [30.0, 60.0]
+
+
+def test_entities_are_pseudonymised_and_fingerprints_come_from_the_caller():
+    table = EntityFeatures(load_features(LATENESS), LATENESS)
+    event = LoginEvent(event_id="x", ts=T0, account_id="acct_9", ip="203.0.113.9", success=False, device_id="d1")
+    entities = table.entities_of(event, "fp-1", PSEUDO)
+    assert {"ip", "ip_network", "device_id", "fingerprint", "account_id", "global"} <= set(entities)
+    assert "phone" not in entities
+    assert all(b"203.0.113" not in d and b"acct_9" not in d for d in entities.values())
+    assert "fingerprint" not in table.entities_of(event, None, PSEUDO)
