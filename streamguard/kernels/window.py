@@ -56,10 +56,16 @@ def ring_extreme(starts: np.ndarray, values: np.ndarray, ts: int, resolution: in
 
 
 @njit(cache=True)
+def window_bounds(ts: int, resolution: int, window_buckets: int) -> tuple[int, int]:
+    """The oldest and newest bucket of the window that ends with the bucket of `ts`."""
+    newest = ts // resolution
+    return max(newest - window_buckets + 1, 0), newest  # an empty slot holds EMPTY, below every bucket
+
+
+@njit(cache=True)
 def ring_sum(starts: np.ndarray, values: np.ndarray, ts: int, resolution: int, window_buckets: int) -> float:
     """The sum of the buckets in the window that ends with the bucket of `ts`."""
-    newest = ts // resolution
-    oldest = max(newest - window_buckets + 1, 0)  # an empty slot holds EMPTY, below every bucket
+    oldest, newest = window_bounds(ts, resolution, window_buckets)
     total = 0.0
     for i in range(starts.shape[0]):
         if oldest <= starts[i] <= newest:
@@ -72,8 +78,7 @@ def ring_reduce_extreme(
     starts: np.ndarray, values: np.ndarray, ts: int, resolution: int, window_buckets: int, is_max: bool
 ) -> float:
     """The max (or min) over the window; NaN for an empty window."""
-    newest = ts // resolution
-    oldest = max(newest - window_buckets + 1, 0)  # an empty slot holds EMPTY, below every bucket
+    oldest, newest = window_bounds(ts, resolution, window_buckets)
     found = False
     best = 0.0
     for i in range(starts.shape[0]):
@@ -129,8 +134,7 @@ def distinct_count(
     starts: np.ndarray, masks: np.ndarray, used: int, ts: int, resolution: int, window_buckets: int
 ) -> int:
     """How many values were seen in the window that ends with the bucket of `ts`."""
-    newest = ts // resolution
-    oldest = max(newest - window_buckets + 1, 0)  # an empty slot holds EMPTY, below every bucket
+    oldest, newest = window_bounds(ts, resolution, window_buckets)
     window = np.uint64(0)
     for slot in range(starts.shape[0]):
         if oldest <= starts[slot] <= newest:
@@ -147,6 +151,7 @@ def warm_up() -> None:
     starts, values = np.full(4, EMPTY, np.int64), np.zeros(4, np.float64)
     hashes, masks = np.zeros(2, np.int64), np.zeros(2, np.uint64)
     ring_slot(starts, 1, 1)
+    window_bounds(1, 1, 2)
     ring_add(starts, values, 1, 1, 1.0)
     ring_extreme(starts, values, 1, 1, 1.0, True)
     ring_sum(starts, values, 1, 1, 2)
@@ -155,4 +160,13 @@ def warm_up() -> None:
     distinct_count(starts, masks, used, 1, 1, 2)
 
 
-KERNELS = (ring_slot, ring_add, ring_extreme, ring_sum, ring_reduce_extreme, distinct_add, distinct_count)
+KERNELS = (
+    ring_slot,
+    window_bounds,
+    ring_add,
+    ring_extreme,
+    ring_sum,
+    ring_reduce_extreme,
+    distinct_add,
+    distinct_count,
+)
