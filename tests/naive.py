@@ -50,3 +50,23 @@ class NaiveRing:
 
     def distinct(self, ts: int, window_buckets: int) -> int:
         return len({v for _, v in self.in_window(ts, window_buckets)})
+
+
+def naive_hll_estimate(value_hashes: list[int], registers: int = 128) -> float:
+    """HyperLogLog of `value_hashes` with `registers` registers, as the kernels compute it."""
+    index_bits = registers.bit_length() - 1
+    regs = [0] * registers
+    for h in value_hashes:
+        bits = h % 2**64
+        index, rest = bits & (registers - 1), bits >> index_bits
+        rank = 1
+        while rank <= 64 - index_bits and not rest & 1:
+            rest >>= 1
+            rank += 1
+        regs[index] = max(regs[index], rank)
+    m = float(registers)
+    estimate = (0.7213 / (1 + 1.079 / m)) * m * m / sum(2.0**-r for r in regs)
+    zeros = regs.count(0)
+    if estimate <= 2.5 * m and zeros:
+        estimate = m * math.log(m / zeros)
+    return estimate

@@ -4,7 +4,8 @@ Each wrapper owns its arrays, their (de)serialisation for the state store and
 the calls into `streamguard.kernels.window`; the kernels see arrays and
 scalars only. Sizes: a count/sum/min/max window costs 16 bytes per ring slot
 (at most 64 slots: 1 KiB); a distinct window 8 bytes per slot plus 16 per
-value kept; a since_last one 8 bytes.
+value kept (at most `distinct_cap`, 256 by default: 4 KiB), or, past the
+cap, 136 bytes per slot (at most 8.5 KiB); a since_last one 8 bytes.
 """
 
 from __future__ import annotations
@@ -62,44 +63,67 @@ class ExtremeWindow(SumWindow):
 
 
 class DistinctWindow:
-    """Exact distinct count of value hashes, up to `cap` values per entity-window.
+    """Distinct count of value hashes: exact up to `cap` values per entity-window, then estimated.
 
-    Past the cap, new values are not counted and `saturated` is set: the count
-    is then a lower bound (an estimator for that case is still to come).
+    Past the cap the window turns into one HyperLogLog per ring slot (128
+    one-byte registers, about 9% standard error), seeded with the exact values
+    it had, so its memory stays bounded whatever the cardinality.
     """
+
+    EXACT, ESTIMATED = 0, 1
 
     def __init__(self, slots: int, resolution: int, window_buckets: int, cap: int, raw: bytes | None = None):
         self.resolution, self.window_buckets = resolution, window_buckets
         self.hashes, self.masks = np.zeros(cap, np.int64), np.zeros(cap, np.uint64)
-        self.saturated = False
+        self.registers: np.ndarray | None = None
+        self.used = 0
         if raw is None:
-            self.starts, self.used = np.full(slots, k.EMPTY, np.int64), 0
+            self.starts = np.full(slots, k.EMPTY, np.int64)
             return
-        self.starts = np.frombuffer(raw, np.int64, slots).copy()
-        self.used = int(np.frombuffer(raw, np.int64, 1, offset=8 * slots)[0])
-        offset = 8 * slots + 8
+        mode, self.used = (int(x) for x in np.frombuffer(raw, np.int64, 2))
+        self.starts = np.frombuffer(raw, np.int64, slots, offset=16).copy()
+        offset = 16 + 8 * slots
+        if mode == self.ESTIMATED:
+            self.registers = (
+                np.frombuffer(raw, np.uint8, slots * k.HLL_REGISTERS, offset=offset)
+                .reshape(slots, k.HLL_REGISTERS)
+                .copy()
+            )
+            return
         self.hashes[: self.used] = np.frombuffer(raw, np.int64, self.used, offset=offset)
         self.masks[: self.used] = np.frombuffer(raw, np.uint64, self.used, offset=offset + 8 * self.used)
 
+    @property
+    def estimated(self) -> bool:
+        return self.registers is not None
+
     def add(self, ts: int, value: float | int) -> bool:
+        if self.registers is not None:
+            return bool(k.hll_add(self.starts, self.registers, int(value), ts, self.resolution))
         result = int(k.distinct_add(self.starts, self.hashes, self.masks, self.used, int(value), ts, self.resolution))
         if result == -1:
-            self.saturated = True
-        elif result >= 0:
+            self._to_estimate()
+            return self.add(ts, value)
+        if result >= 0:
             self.used = result
         return result != -2
 
+    def _to_estimate(self) -> None:
+        self.registers = np.zeros((self.starts.shape[0], k.HLL_REGISTERS), np.uint8)
+        k.hll_from_exact(self.hashes, self.masks, self.used, self.registers)
+        self.used = 0
+
     def value(self, ts: int) -> float:
+        if self.registers is not None:
+            return float(k.hll_count(self.starts, self.registers, ts, self.resolution, self.window_buckets))
         return float(k.distinct_count(self.starts, self.masks, self.used, ts, self.resolution, self.window_buckets))
 
     def to_bytes(self) -> bytes:
-        used = np.array([self.used], np.int64)
-        return (
-            self.starts.tobytes()
-            + used.tobytes()
-            + self.hashes[: self.used].tobytes()
-            + self.masks[: self.used].tobytes()
-        )
+        mode = self.ESTIMATED if self.registers is not None else self.EXACT
+        head = np.array([mode, self.used], np.int64).tobytes() + self.starts.tobytes()
+        if self.registers is not None:
+            return head + self.registers.tobytes()
+        return head + self.hashes[: self.used].tobytes() + self.masks[: self.used].tobytes()
 
 
 class SinceLastWindow:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
+import random
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba.core.registry import CPUDispatcher
 
 from streamguard.kernels import window
-from tests.naive import NaiveRing
+from tests.naive import NaiveRing, naive_hll_estimate
 
 RESOLUTION = 1000
 SLOTS = 12
@@ -101,3 +103,32 @@ def test_the_kernels_really_are_compiled():
         assert isinstance(kernel, CPUDispatcher), kernel
         assert kernel.nopython_signatures, f"{kernel.__name__} is not compiled in nopython mode"
         assert not kernel.targetoptions.get("forceobj"), kernel
+
+
+hashes64 = st.integers(-(2**63), 2**63 - 1)
+
+
+@given(st.lists(st.tuples(timestamps, hashes64), max_size=80), timestamps)
+def test_the_estimate_matches_the_twin_over_the_live_window(stream, query_ts):
+    starts = np.full(SLOTS, window.EMPTY, np.int64)
+    registers = np.zeros((SLOTS, window.HLL_REGISTERS), np.uint8)
+    twin = NaiveRing(SLOTS, RESOLUTION)
+    for ts, h in stream:
+        assert window.hll_add(starts, registers, h, ts, RESOLUTION) == twin.add(ts, h)
+    live = [int(v) for _, v in twin.in_window(query_ts, WINDOW)]
+    want = naive_hll_estimate(live) if live else 0.0
+    got = window.hll_count(starts, registers, query_ts, RESOLUTION, WINDOW)
+    assert got == pytest.approx(want)
+
+
+def test_the_estimate_is_within_its_error():
+    errors = []
+    for seed in range(20):
+        rng = random.Random(seed)
+        starts = np.full(SLOTS, window.EMPTY, np.int64)
+        registers = np.zeros((SLOTS, window.HLL_REGISTERS), np.uint8)
+        for _ in range(5000):
+            window.hll_add(starts, registers, rng.getrandbits(64) - 2**63, rng.randrange(8 * RESOLUTION), RESOLUTION)
+        errors.append(window.hll_count(starts, registers, 8 * RESOLUTION - 1, RESOLUTION, WINDOW) / 5000 - 1)
+    assert abs(sum(errors) / len(errors)) < 0.05
+    assert max(abs(e) for e in errors) < 0.35

@@ -1,0 +1,50 @@
+"""The typed window wrappers: state survives its bytes, and distinct counts stay bounded."""
+
+import math
+
+import pytest
+
+from streamguard.features.compiled import value_hash
+from streamguard.features.windows import DistinctWindow, ExtremeWindow, SinceLastWindow, SumWindow
+
+RES, SLOTS, BUCKETS = 1000, 16, 10
+
+
+def _round_trip(window, make):
+    return make(window.to_bytes())
+
+
+def test_sum_and_extreme_windows_survive_their_bytes():
+    total = SumWindow(SLOTS, RES, BUCKETS)
+    top = ExtremeWindow(SLOTS, RES, BUCKETS, True)
+    for ts, v in [(1000, 2), (2500, 5), (1800, 1)]:
+        total.add(ts, v)
+        top.add(ts, v)
+    total = _round_trip(total, lambda raw: SumWindow(SLOTS, RES, BUCKETS, raw))
+    top = _round_trip(top, lambda raw: ExtremeWindow(SLOTS, RES, BUCKETS, True, raw))
+    assert total.value(3000) == 8.0
+    assert top.value(3000) == 5.0
+    assert math.isnan(ExtremeWindow(SLOTS, RES, BUCKETS, False).value(3000))
+
+
+def test_distinct_is_exact_up_to_the_cap_then_estimated_and_bounded():
+    window = DistinctWindow(SLOTS, RES, BUCKETS, cap=32)
+    for i in range(30):
+        window.add(1000 + i, value_hash(f"v{i % 20}"))
+    window = DistinctWindow(SLOTS, RES, BUCKETS, 32, window.to_bytes())
+    assert window.value(2000) == 20.0 and not window.estimated
+    size_exact = len(window.to_bytes())
+    for i in range(5000):
+        window.add(1000 + i % 9000, value_hash(f"w{i}"))
+    assert window.estimated
+    raw = window.to_bytes()
+    assert len(raw) < size_exact + SLOTS * 128 + 64  # bounded: the registers replace the values
+    window = DistinctWindow(SLOTS, RES, BUCKETS, 32, raw)
+    assert window.value(9999) == pytest.approx(5020, rel=0.3)
+
+
+def test_since_last_reports_what_was_known_before_the_event():
+    window = SinceLastWindow()
+    window.add(10_000, 1)
+    window = SinceLastWindow(window.to_bytes())
+    assert window.value(25_000) == 15.0
