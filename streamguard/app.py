@@ -11,6 +11,9 @@ from typing import Any
 
 import faust
 
+from streamguard.features.spec import load_features
+from streamguard.features.table import EntityFeatures
+from streamguard.kernels import window as kernels
 from streamguard.pipeline.engine import Engine
 from streamguard.pipeline.service import EngineService
 from streamguard.privacy import Pseudonymizer
@@ -39,7 +42,9 @@ def create_app(settings: Settings) -> tuple[faust.App, EngineService]:
     names = TopicNames.resolve(
         load_specs(settings.topic_prefix, settings.app_id), settings.topic_prefix, settings.app_id
     )
-    engine = Engine(settings, names, Pseudonymizer(settings.require_hash_key()), worker_id(data_dir))
+    features = EntityFeatures(load_features(settings.allowed_lateness_ms), settings.allowed_lateness_ms)
+    kernels.warm_up()  # compile (or load) the kernels now, not at the first event
+    engine = Engine(settings, names, Pseudonymizer(settings.require_hash_key()), features, worker_id(data_dir))
     app = faust.App(
         f"{settings.app_id}-worker",
         broker=f"kafka://{settings.bootstrap.split(',')[0]}",

@@ -93,10 +93,39 @@ def encode_verdict(verdict: Verdict) -> bytes:
 
 
 # --- internal records -----------------------------------------------------------
-# A by-id record carries many events (one per Kafka message would cost more in
-# Kafka than the whole decision); each with the keyed hash of its event_id.
+# A shard record carries many items (one Kafka record per item would cost more
+# in Kafka than the whole decision). Each item is work for the shard it hashes
+# to: deciding an event, counting it in one entity's features, or bringing an
+# entity's feature values back to the event's shard.
 
-ShardItem = tuple[bytes, AnyEvent]
+
+class DecideItem(msgspec.Struct, frozen=True, tag="d", array_like=True):
+    """Decide `event` on the shard of its id: de-duplicate, then fan out to its entities."""
+
+    digest: bytes  # keyed hash of the event_id
+    event: AnyEvent
+
+
+class ApplyItem(msgspec.Struct, frozen=True, tag="a", array_like=True):
+    """Count `event` in the features of one of its entities, on that entity's shard."""
+
+    digest: bytes
+    entity: str
+    entity_digest: bytes
+    event: AnyEvent
+    fingerprint: str | None = None  # pseudonymised; None: not known to the sender
+    resolve_fingerprint: bool = False  # on a device_id item: look the device's fingerprint up and go on to it
+
+
+class MergeItem(msgspec.Struct, frozen=True, tag="m", array_like=True):
+    """One entity's feature values for an event, back on the event's shard."""
+
+    digest: bytes
+    entity: str
+    values: dict[str, float]
+
+
+ShardItem = DecideItem | ApplyItem | MergeItem
 _shard_encoder: Final = msgspec.msgpack.Encoder()
 _shard_decoder: Final = msgspec.msgpack.Decoder(list[ShardItem])
 
@@ -107,3 +136,8 @@ def encode_shard(items: list[ShardItem]) -> bytes:
 
 def decode_shard(raw: bytes) -> list[ShardItem]:
     return _shard_decoder.decode(raw)
+
+
+def shard_of(digest: bytes, shards: int) -> int:
+    """The shard a keyed hash (of an event id or an entity) belongs to."""
+    return int.from_bytes(digest[:4], "big") % shards

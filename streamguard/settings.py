@@ -28,6 +28,8 @@ class Settings:
     web_host: str = "127.0.0.1"
     hash_key: str = ""
     dedup_retention_s: int = 6 * 3600
+    allowed_lateness_ms: int = 300_000
+    features_topic: str = ""
     batch_max_events: int = 5000
     log_level: str = "WARNING"
 
@@ -53,6 +55,8 @@ DOCS: Final[dict[str, str]] = {
     "web_host": "Interface the worker's web server binds to.",
     "hash_key": "Secret key of the keyed hash that pseudonymises identifiers (at least 16 characters).",
     "dedup_retention_s": "How long a decided event_id is remembered (event time behind the newest on its shard).",
+    "allowed_lateness_ms": "How far behind the newest event of an entity an event may arrive and still count.",
+    "features_topic": "If set, every decided event's feature values are published there (keyed by event_id).",
     "batch_max_events": "The most records one transaction takes (a batch is what is there when it polls).",
     "log_level": "Log level of the worker (DEBUG, INFO, WARNING, ERROR).",
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -70,3 +71,55 @@ def naive_hll_estimate(value_hashes: list[int], registers: int = 128) -> float:
     if estimate <= 2.5 * m and zeros:
         estimate = m * math.log(m / zeros)
     return estimate
+
+
+def naive_feature(spec: Any, history: list[Any], event: Any, fingerprint_of: dict[str, str] | None = None) -> Any:
+    """A feature's value for `event` by brute force over `history` (the events that count before it).
+
+    `fingerprint_of` maps device ids to the fingerprint their reports gave.
+    Returns None where the kernels give NaN (an empty min/max, no earlier event).
+    """
+    from streamguard.features.compiled import ip_network, phone_block
+
+    fingerprint_of = fingerprint_of or {}
+
+    def derived(e: Any, name: str) -> Any:
+        if name == "ip_network":
+            return ip_network(e.ip) if getattr(e, "ip", None) else None
+        if name == "phone_block":
+            return phone_block(e.phone, spec.phone_block_digits) if getattr(e, "phone", None) else None
+        if name == "fingerprint":
+            return fingerprint_of.get(getattr(e, "device_id", None) or "")
+        if name == "global":
+            return "global"
+        return getattr(e, name, None)
+
+    ops = {"==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b, "<=": lambda a, b: a <= b,
+           ">": lambda a, b: a > b, ">=": lambda a, b: a >= b, "in": lambda a, b: a in b}  # fmt: skip
+
+    def counts(e: Any) -> bool:
+        return (
+            type(e).__struct_config__.tag in spec.events
+            and all(getattr(e, p.field, None) is not None and ops[p.op](getattr(e, p.field), p.value)
+                    for p in spec.where)
+            and (spec.field is None or derived(e, spec.field) is not None)
+            and derived(e, spec.entity) == derived(event, spec.entity)
+        )  # fmt: skip
+
+    members = [e for e in history if counts(e)]
+    if spec.aggregate == "since_last":
+        earlier = [e.ts for e in members]
+        return (event.ts - max(earlier)) / 1000 if earlier else None
+    newest = event.ts // spec.resolution_ms
+    oldest = newest - spec.window_ms // spec.resolution_ms + 1
+    in_window = [e for e in members if oldest <= e.ts // spec.resolution_ms <= newest]
+    if spec.aggregate == "count":
+        return float(len(in_window))
+    if spec.aggregate == "distinct":
+        return float(len({derived(e, spec.field) for e in in_window}))
+    values = [float(derived(e, spec.field)) for e in in_window]
+    if spec.aggregate == "sum":
+        return sum(values)
+    if not values:
+        return None
+    return max(values) if spec.aggregate == "max" else min(values)

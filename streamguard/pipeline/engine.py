@@ -1,7 +1,7 @@
 """The engine: consume a batch, process it, produce the results, commit, in one Kafka transaction.
 
-Every batch (input events and by-id records together) is one transaction of
-the worker's transactional producer: its verdicts, dead letters, by-id records,
+Every batch (input events and shards-topic records together) is one transaction
+of the worker's transactional producer: its verdicts, dead letters, shard records,
 state changelog records and consumed offsets become visible together or not
 at all (KIP-447: `send_offsets_to_transaction` with the consumer's group
 metadata fences a worker that lost its partitions). Local RocksDB state is
@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +24,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from rocksdict import Cache
 
 from streamguard.codec import ShardItem, decode_shard
-from streamguard.pipeline.decide import Decide
+from streamguard.features.table import EntityFeatures
 from streamguard.pipeline.ingest import Ingest, error_code
 from streamguard.pipeline.records import Headers, Incoming, Outgoing
+from streamguard.pipeline.shard import Result, ShardWork, target_shard
 from streamguard.privacy import Pseudonymizer
 from streamguard.settings import Settings
 from streamguard.state.dedup import RecentIds
@@ -74,7 +75,14 @@ def kafka_config(settings: Settings) -> dict[str, Any]:
 class Engine:
     """Runs the stages over Kafka on one thread; `run` returns when `stop` is set."""
 
-    def __init__(self, settings: Settings, names: TopicNames, pseudonymizer: Pseudonymizer, worker_id: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        names: TopicNames,
+        pseudonymizer: Pseudonymizer,
+        features: EntityFeatures,
+        worker_id: str,
+    ) -> None:
         self._settings = settings
         self._names = names
         self._worker_id = worker_id
@@ -83,7 +91,10 @@ class Engine:
         self._stores: dict[int, PartitionStore] = {}
         self._recent: dict[int, RecentIds] = {}
         self._ingest = Ingest(names, pseudonymizer)
-        self._decide = Decide(names, self._recent.__getitem__)
+        features_topic = settings.topic(settings.features_topic) if settings.features_topic else None
+        self._work = ShardWork(
+            names, features, pseudonymizer, self._stores.__getitem__, self._recent.__getitem__, features_topic
+        )
         self.stats = EngineStats()
         self.ready = threading.Event()
         self.transaction_started: float | None = None  # time.monotonic(); None between transactions
@@ -96,7 +107,7 @@ class Engine:
         _retrying(lambda: producer.init_transactions(TXN_TIMEOUT_S))
         consumer = Consumer(self._consumer_config())
         consumer.subscribe(
-            [*self._names.inputs.values(), self._names.by_id],
+            [*self._names.inputs.values(), self._names.shard_topic],
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_revoke,
@@ -158,30 +169,38 @@ class Engine:
     def _process(self, batch: list[Incoming], now_ms: int) -> tuple[list[Outgoing], Changeset, int]:
         """Everything the batch produces, the state changes per shard, and the duplicates dropped.
 
-        Events whose shard this worker owns are decided in this same transaction;
-        the others travel to their shard's owner as by-id records.
+        Work for shards this worker owns is done in this same transaction, and
+        so is the work it leads to (with one worker, an event is decided in
+        the transaction that read it); work for other shards travels to their
+        owners as one shards-topic record per shard.
         """
+        queue: deque[tuple[int, ShardItem]] = deque()
         inputs: list[Incoming] = []
-        arrived: dict[int, list[ShardItem]] = defaultdict(list)
         for record in batch:
-            if record.topic == self._names.by_id and record.value is not None:
-                arrived[record.partition] += decode_shard(record.value)
+            if record.topic == self._names.shard_topic and record.value is not None:
+                queue.extend((record.partition, item) for item in decode_shard(record.value))
             else:
                 inputs.append(record)
         outs, routed = self._ingest.process(inputs, now_ms)
-        for shard, items in routed.items():
-            if shard in self._stores:
-                arrived[shard] += items
-            else:
-                outs.append(self._ingest.shard_record(shard, items))
-        duplicates = 0
-        for shard, items in arrived.items():
-            verdicts, dropped = self._decide.process(shard, items, now_ms)
-            outs += verdicts
-            duplicates += dropped
-            self._decide.expire(shard)
-        changes = {shard: self._stores[shard].take_changes() for shard in arrived}
-        return outs, {shard: c for shard, c in changes.items() if c}, duplicates
+        queue.extend((shard, item) for shard, items in routed.items() for item in items)
+        remote: dict[int, list[ShardItem]] = defaultdict(list)
+        touched: set[int] = set()
+        result = Result()
+        while queue:
+            shard, item = queue.popleft()
+            if shard not in self._stores:
+                remote[shard].append(item)
+                continue
+            touched.add(shard)
+            self._work.handle(shard, item, now_ms, result)
+            queue.extend((target_shard(new, self._names.shards), new) for new in result.items)
+            result.items.clear()
+        outs += result.outs
+        outs += [self._ingest.shard_record(shard, items) for shard, items in remote.items()]
+        for shard in touched:
+            self._work.expire(shard)
+        changes = {shard: self._stores[shard].take_changes() for shard in touched}
+        return outs, {shard: c for shard, c in changes.items() if c}, result.duplicates
 
     def _send(self, producer: Producer, outs: list[Outgoing], changes: Changeset) -> dict[int, int]:
         """Produce everything and wait for it; the changelog offset each shard's changes landed at.
@@ -215,7 +234,7 @@ class Engine:
         self.stats.aborted += 1
 
     def _count(self, batch: list[Incoming], outs: list[Outgoing]) -> None:
-        self.stats.events_in += sum(1 for record in batch if record.topic != self._names.by_id)
+        self.stats.events_in += sum(1 for record in batch if record.topic != self._names.shard_topic)
         verdict_type = {topic: kind for kind, topic in self._names.verdicts.items()}
         for out in outs:
             if out.topic == self._names.deadletter:
@@ -226,7 +245,7 @@ class Engine:
     # --- partitions and their state -------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        shards = [tp.partition for tp in partitions if tp.topic == self._names.by_id]
+        shards = [tp.partition for tp in partitions if tp.topic == self._names.shard_topic]
         for shard in shards:
             self._stores[shard] = PartitionStore(
                 self._state_dir / f"shard-{shard}", StoreOptions().to_options(self._cache)
@@ -238,7 +257,7 @@ class Engine:
         log.info("assigned %d partitions, shards %s", len(partitions), shards)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._close_stores([tp.partition for tp in partitions if tp.topic == self._names.by_id])
+        self._close_stores([tp.partition for tp in partitions if tp.topic == self._names.shard_topic])
         self.stats.shards = sorted(self._stores)
 
     def _recent_ids(self, store: PartitionStore) -> RecentIds:

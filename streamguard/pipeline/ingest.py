@@ -1,11 +1,11 @@
-"""Stage 1: validate what upstream sent and route each event to its by-id shard.
+"""Stage 1: validate what upstream sent and route each event to the shard of its id.
 
 Invalid messages become dead letters carrying the original key and bytes.
 Valid ones are grouped per shard (the keyed hash of `event_id` picks it).
 Routing by id, not by whatever key upstream chose, is what makes
 de-duplication exact. The engine hands a group to the decide stage directly
 when this worker owns that shard, and otherwise sends it to the shard's
-`by-id` partition as one Kafka record (`shard_record`).
+partition of the shards topic as one Kafka record (`shard_record`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
-from streamguard.codec import ShardItem, decode_event, encode_shard
+from streamguard.codec import DecideItem, ShardItem, decode_event, encode_shard, shard_of
 from streamguard.errors import InvalidEvent
 from streamguard.events import DeadLetterHeader as H
 from streamguard.pipeline.records import Headers, Incoming, Outgoing
@@ -28,7 +28,7 @@ class Ingest:
         self._pseudo = pseudonymizer
 
     def process(self, batch: Iterable[Incoming], now_ms: int) -> tuple[list[Outgoing], dict[int, list[ShardItem]]]:
-        """Dead letters for `batch`, and its valid events grouped by shard."""
+        """Dead letters for `batch`, and its valid events grouped by shard, to be decided there."""
         dead: list[Outgoing] = []
         shards: dict[int, list[ShardItem]] = defaultdict(list)
         for record in batch:
@@ -38,12 +38,12 @@ class Ingest:
                 dead.append(dead_letter(record, exc, self._names.deadletter))
                 continue
             digest = self._pseudo.digest("event_id", event.event_id)
-            shards[int.from_bytes(digest[:4], "big") % self._names.shards].append((digest, event))
+            shards[shard_of(digest, self._names.shards)].append(DecideItem(digest, event))
         return dead, shards
 
     def shard_record(self, shard: int, items: list[ShardItem]) -> Outgoing:
-        """The by-id record that carries `items` to the worker that owns `shard`."""
-        return Outgoing(self._names.by_id, encode_shard(items), partition=shard)
+        """The shards-topic record that carries `items` to the worker that owns `shard`."""
+        return Outgoing(self._names.shard_topic, encode_shard(items), partition=shard)
 
 
 def dead_letter(record: Incoming, error: InvalidEvent, topic: str) -> Outgoing:

@@ -12,6 +12,8 @@ seen here when the broker restarts. A blocked C call cannot be interrupted,
 so the worker then replaces itself with a fresh copy of its own process
 (same PID, same arguments): the new one fences the old transactional id,
 which aborts the stuck transaction, and carries on from committed offsets.
+A fatal producer error (a transaction the broker timed out while it was
+away) is recovered from the same way.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import sys
 import threading
 import time
 
+from confluent_kafka import KafkaException
 from mode import Service
 
 from streamguard.pipeline.engine import Engine
@@ -56,7 +59,12 @@ class EngineService(Service):
     def _run(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
             self.engine.run(self._stop)
-        except BaseException as exc:  # noqa: BLE001 - any engine death must stop the worker
+        except BaseException as exc:  # noqa: BLE001 - the engine's death must not go unnoticed
+            if isinstance(exc, KafkaException) and exc.args[0].fatal():
+                # E.g. the broker timed out a transaction while it was away: this producer is
+                # done for, and a fresh process recovers from the committed state.
+                log.error("fatal Kafka error, restarting this worker in place: %s", exc.args[0])
+                restart_in_place()
             log.exception("the engine stopped on an error")
             asyncio.run_coroutine_threadsafe(self.crash(exc), loop)
 

@@ -50,3 +50,17 @@ FEATURE: Final = b"\x03"
 def feature(state_key: bytes, entity_digest: bytes) -> bytes:
     """One entity's window for one feature: the feature's state id, then the entity's keyed hash."""
     return FEATURE + state_key + entity_digest
+
+
+PENDING: Final = b"\x04"
+DEVICE_FINGERPRINT: Final = b"\x05"
+
+
+def pending(event_digest: bytes) -> bytes:
+    """An event waiting on its shard for its entities' feature values."""
+    return PENDING + event_digest
+
+
+def device_fingerprint(device_digest: bytes) -> bytes:
+    """The fingerprint last reported for a device, kept on the device's shard."""
+    return DEVICE_FINGERPRINT + device_digest

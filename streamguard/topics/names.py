@@ -14,9 +14,9 @@ class TopicNames:
     inputs: dict[str, str]  # event type -> topic
     verdicts: dict[str, str]  # event type -> topic
     deadletter: str
-    by_id: str
+    shard_topic: str
     changelog: str
-    shards: int  # partitions of by_id, and of changelog
+    shards: int  # partitions of shard_topic, and of changelog
 
     @classmethod
     def resolve(cls, specs: list[TopicSpec], prefix: str, app_id: str) -> TopicNames:
@@ -28,16 +28,16 @@ class TopicNames:
                 raise ConfigError(f"topics/: no definition of {name!r}")
             return by_name[name]
 
-        by_id, changelog = need(internal + "by-id"), need(internal + "state-changelog")
-        if by_id.partitions != changelog.partitions:
-            raise ConfigError("topics/internal.toml: by-id and state-changelog must have the same partitions")
+        shard_topic, changelog = need(internal + "shards"), need(internal + "state-changelog")
+        if shard_topic.partitions != changelog.partitions:
+            raise ConfigError("topics/internal.toml: shards and state-changelog must have the same partitions")
         return cls(
             inputs={t: need(f"{prefix}events.{t}").name for t in EVENT_TYPES},
             verdicts={t: need(f"{prefix}verdicts.{t}").name for t in EVENT_TYPES},
             deadletter=need(prefix + "deadletter").name,
-            by_id=by_id.name,
+            shard_topic=shard_topic.name,
             changelog=changelog.name,
-            shards=by_id.partitions,
+            shards=shard_topic.partitions,
         )
 
     def input_type(self) -> dict[str, str]:

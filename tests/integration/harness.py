@@ -25,7 +25,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from streamguard.events import EVENT_TYPES
 from streamguard.settings import load
 from streamguard.topics import admin
-from streamguard.topics.spec import load_specs
+from streamguard.topics.spec import TopicSpec, load_specs
 
 ROOT = Path(__file__).resolve().parents[2]
 KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
@@ -98,8 +98,12 @@ class Stack:
     workers: list[Worker] = field(default_factory=list)
     readers: list[Reader] = field(default_factory=list)
 
+    features: bool = False  # publish per-event feature values on "<prefix>features"
+
     def env(self) -> dict[str, str]:
+        extra = {"STREAMGUARD_FEATURES_TOPIC": "features"} if self.features else {}
         return {
+            **extra,
             "STREAMGUARD_BOOTSTRAP": self.broker.bootstrap,
             "STREAMGUARD_TOPIC_PREFIX": self.prefix,
             "STREAMGUARD_APP_ID": self.app_id,
@@ -113,6 +117,8 @@ class Stack:
     def create_topics(self) -> list[str]:
         settings = load(self.env())
         specs = load_specs(settings.topic_prefix, settings.app_id)
+        if self.features:
+            specs.append(TopicSpec(name=self.topic("features"), partitions=6))
         return admin.create_missing(admin.admin_client(self.broker.bootstrap), specs)
 
     def start_worker(self, name: str = "w1", wait: bool = True) -> Worker:
@@ -148,8 +154,9 @@ class Stack:
         assert producer.flush(30) == 0
         return n
 
-    def reader(self) -> Reader:
-        reader = Reader(self)
+    def reader(self, topics: list[str] | None = None) -> Reader:
+        """Reads verdicts and dead letters, or the records of `topics` (full names) as verdicts."""
+        reader = Reader(self, topics)
         self.readers.append(reader)
         return reader
 
@@ -165,7 +172,7 @@ class Stack:
 class Reader:
     """Reads verdicts and dead letters (committed only) from the beginning."""
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: Stack, topics: list[str] | None = None) -> None:
         self.deadletter_topic = stack.topic("deadletter")
         self.consumer = Consumer(
             {
@@ -176,7 +183,7 @@ class Reader:
                 "enable.auto.commit": False,
             }
         )
-        topics = [stack.topic(f"verdicts.{t}") for t in EVENT_TYPES] + [self.deadletter_topic]
+        topics = topics or [stack.topic(f"verdicts.{t}") for t in EVENT_TYPES] + [self.deadletter_topic]
         meta = self.consumer.list_topics(timeout=10).topics
         self.consumer.assign([TopicPartition(t, p, 0) for t in topics for p in meta[t].partitions])
         self.verdicts: list[dict[str, Any]] = []

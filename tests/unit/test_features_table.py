@@ -10,11 +10,11 @@ import pytest
 from rocksdict import Cache
 
 from streamguard.events import LoginEvent, SmsEvent, TransactionEvent
-from streamguard.features.compiled import ip_network, phone_block
 from streamguard.features.spec import load_features
 from streamguard.features.table import EntityFeatures
 from streamguard.privacy import Pseudonymizer
 from streamguard.state.store import PartitionStore, StoreOptions
+from tests.naive import naive_feature
 
 LATENESS = 300_000
 PSEUDO = Pseudonymizer(b"feature-test-key" * 2)
@@ -66,48 +66,6 @@ def _stream(n: int, seed: int) -> list:
     return sorted(events, key=lambda e: arrival[e.event_id])
 
 
-def _brute(spec, seen: list, event) -> float:
-    """The feature over the events processed so far (this one included) in this event's window."""
-    newest = event.ts // spec.resolution_ms
-    oldest = newest - spec.window_ms // spec.resolution_ms + 1
-
-    def same_entity(other) -> bool:
-        if spec.entity == "global":
-            return True
-        if spec.entity == "ip_network":
-            return getattr(other, "ip", None) is not None and ip_network(other.ip) == ip_network(event.ip)
-        if spec.entity == "phone_block":
-            digits = spec.phone_block_digits
-            return getattr(other, "phone", None) and phone_block(other.phone, digits) == phone_block(
-                event.phone, digits
-            )
-        return getattr(other, spec.entity, None) == getattr(event, spec.entity)
-
-    def counts(other) -> bool:
-        ops = {"==": lambda a, b: a == b, "<": lambda a, b: a < b}
-        return (
-            type(other).__struct_config__.tag in spec.events
-            and all(
-                getattr(other, p.field, None) is not None and ops[p.op](getattr(other, p.field), p.value)
-                for p in spec.where
-            )
-            and (spec.field is None or _field(other, spec) is not None)
-        )
-
-    members = [o for o in seen if same_entity(o) and counts(o) and oldest <= o.ts // spec.resolution_ms <= newest]
-    if spec.aggregate == "count":
-        return float(len(members))
-    if spec.aggregate == "distinct":
-        return float(len({_field(o, spec) for o in members}))
-    raise AssertionError(spec.aggregate)
-
-
-def _field(event, spec):
-    if spec.field == "phone_block":
-        return phone_block(event.phone, spec.phone_block_digits)
-    return getattr(event, spec.field, None)
-
-
 def test_every_value_matches_brute_force(store):
     specs = [
         s
@@ -122,7 +80,7 @@ def test_every_value_matches_brute_force(store):
             values = table.apply(store, eid, digest, event, None)
             store.apply(store.take_changes(), 0)
             for spec in (c.spec for c in table.by_entity[eid]):
-                assert values[spec.name] == _brute(spec, seen, event), (spec.name, event.event_id)
+                assert values[spec.name] == naive_feature(spec, seen, event), (spec.name, event.event_id)
                 checked += 1
     assert checked > 2000
 

@@ -45,8 +45,8 @@ def test_valid_events_are_grouped_per_shard_and_travel_in_one_record_each():
     assert dead == []
     assert set(shards) <= set(range(NAMES.shards)) and len(shards) > 1
     records = [INGEST.shard_record(shard, items) for shard, items in shards.items()]
-    assert all(r.topic == NAMES.by_id for r in records)
-    ids = [event.event_id for r in records for _, event in decode_shard(r.value)]
+    assert all(r.topic == NAMES.shard_topic for r in records)
+    ids = [item.event.event_id for r in records for item in decode_shard(r.value)]
     assert sorted(ids) == sorted(f"{k}-{i}" for i in range(50) for k in valid_events())
 
 

@@ -10,7 +10,7 @@ def test_the_repository_definitions_cover_the_contract():
     assert names.inputs["login"] == "p-events.login"
     assert names.verdicts["sms"] == "p-verdicts.sms"
     assert names.deadletter == "p-deadletter"
-    assert names.by_id == "p-app.by-id"
+    assert names.shard_topic == "p-app.shards"
     assert names.shards >= 1
 
 

@@ -1,0 +1,170 @@
+"""What the owner of a shard does with the items that reach it.
+
+A shard owns the events whose id hashes to it, the entities whose keyed hash
+hashes to it, and their state. For an event, three kinds of work follow:
+
+1. `DecideItem`, on the event's shard: drop it if its id was decided already
+   (so it neither counts twice nor gets a second verdict); otherwise park it
+   as pending and send one `ApplyItem` to each of its entities' shards.
+2. `ApplyItem`, on an entity's shard: count the event in that entity's
+   windows and send the entity's feature values back (`MergeItem`). A device
+   learns its fingerprint from device reports; for other events with a device
+   id, the device's shard looks the fingerprint up and forwards the event to
+   the fingerprint's shard, so a device-id reset cannot hide a device.
+3. `MergeItem`, on the event's shard: collect the values; once every entity
+   has answered, publish the verdict.
+
+Nothing here knows Kafka: the engine moves items between shards, locally
+when it owns the target shard, through the shards topic otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgspec
+import orjson
+
+from streamguard.codec import ApplyItem, DecideItem, MergeItem, ShardItem, encode_verdict, event_type, shard_of
+from streamguard.events import AnyEvent, DeviceEvent
+from streamguard.features.table import EntityFeatures
+from streamguard.pipeline.records import Outgoing
+from streamguard.privacy import Pseudonymizer
+from streamguard.state import keys
+from streamguard.state.dedup import RecentIds
+from streamguard.state.store import PartitionStore
+from streamguard.topics.names import TopicNames
+from streamguard.verdicts import decide
+
+EXPIRE_PER_BATCH = 2000
+
+
+class Pending(msgspec.Struct, array_like=True):
+    event: AnyEvent
+    expected: list[str]
+    values: dict[str, float] = {}
+    received: list[str] = []
+
+
+_pending_encoder = msgspec.msgpack.Encoder()
+_pending_decoder = msgspec.msgpack.Decoder(Pending)
+
+
+@dataclass
+class Result:
+    """What handling items produced: more items, records to publish, duplicates dropped."""
+
+    items: list[ShardItem] = field(default_factory=list)
+    outs: list[Outgoing] = field(default_factory=list)
+    duplicates: int = 0
+
+
+class ShardWork:
+    def __init__(
+        self,
+        names: TopicNames,
+        features: EntityFeatures,
+        pseudonymizer: Pseudonymizer,
+        store_of: Callable[[int], PartitionStore],
+        recent_of: Callable[[int], RecentIds],
+        features_topic: str | None = None,
+    ) -> None:
+        self._names = names
+        self._features = features
+        self._pseudo = pseudonymizer
+        self._store_of = store_of
+        self._recent_of = recent_of
+        self._features_topic = features_topic
+        self._resolves_fingerprints = "fingerprint" in features.by_entity
+
+    def handle(self, shard: int, item: ShardItem, now_ms: int, result: Result) -> None:
+        if isinstance(item, DecideItem):
+            self._decide(shard, item, now_ms, result)
+        elif isinstance(item, ApplyItem):
+            self._apply(shard, item, result)
+        else:
+            self._merge(shard, item, now_ms, result)
+
+    def expire(self, shard: int) -> int:
+        return self._recent_of(shard).expire(EXPIRE_PER_BATCH)
+
+    # --- the three kinds of work -------------------------------------------------
+
+    def _decide(self, shard: int, item: DecideItem, now_ms: int, result: Result) -> None:
+        event = item.event
+        if not self._recent_of(shard).add(item.digest, event.ts):
+            result.duplicates += 1
+            return
+        reported = self._reported_fingerprint(event)
+        entities = self._features.entities_of(event, reported, self._pseudo)
+        device_id = getattr(event, "device_id", None)
+        resolve = self._resolves_fingerprints and reported is None and device_id is not None
+        if self._resolves_fingerprints and device_id is not None and "device_id" not in entities:
+            entities["device_id"] = self._pseudo.digest("device_id", device_id)  # to learn or look up its fingerprint
+        expected = sorted(entities) + (["fingerprint"] if resolve else [])
+        if not expected:
+            self._publish(event, {}, now_ms, result)
+            return
+        self._store_of(shard).put(keys.pending(item.digest), _pending_encoder.encode(Pending(event, expected)))
+        for eid, entity_digest in entities.items():
+            result.items.append(
+                ApplyItem(item.digest, eid, entity_digest, event, reported, resolve and eid == "device_id")
+            )
+
+    def _apply(self, shard: int, item: ApplyItem, result: Result) -> None:
+        store = self._store_of(shard)
+        fingerprint = item.fingerprint
+        if item.entity == "device_id":
+            key = keys.device_fingerprint(item.entity_digest)
+            if fingerprint is not None:
+                store.put(key, fingerprint.encode())
+            elif item.resolve_fingerprint:
+                known = store.get(key)
+                fingerprint = None if known is None else known.decode()
+        values = self._features.apply(store, item.entity, item.entity_digest, item.event, fingerprint)
+        result.items.append(MergeItem(item.digest, item.entity, values))
+        if item.resolve_fingerprint:
+            if fingerprint is None:
+                result.items.append(MergeItem(item.digest, "fingerprint", {}))
+            else:
+                digest = self._pseudo.digest("fingerprint", fingerprint)
+                result.items.append(ApplyItem(item.digest, "fingerprint", digest, item.event, fingerprint))
+
+    def _merge(self, shard: int, item: MergeItem, now_ms: int, result: Result) -> None:
+        store = self._store_of(shard)
+        key = keys.pending(item.digest)
+        raw = store.get(key)
+        if raw is None:
+            return  # cannot happen with transactions; nothing to attach the values to
+        pending = _pending_decoder.decode(raw)
+        pending.values.update(item.values)
+        pending.received.append(item.entity)
+        if set(pending.received) >= set(pending.expected):
+            store.delete(key)
+            self._publish(pending.event, pending.values, now_ms, result)
+        else:
+            store.put(key, _pending_encoder.encode(pending))
+
+    # --- helpers -------------------------------------------------------------------
+
+    def _reported_fingerprint(self, event: AnyEvent) -> str | None:
+        """A device report's fingerprint, pseudonymised; None for other events."""
+        if isinstance(event, DeviceEvent) and event.fingerprint is not None:
+            return self._pseudo.digest("fingerprint-reported", event.fingerprint).hex()
+        return None
+
+    def _publish(self, event: AnyEvent, values: dict[str, float], now_ms: int, result: Result) -> None:
+        kind = event_type(event)
+        verdict = decide(event, now_ms)
+        key = event.event_id.encode()
+        result.outs.append(Outgoing(self._names.verdicts[kind], encode_verdict(verdict), key=key))
+        if self._features_topic:
+            record = {"event_id": event.event_id, "type": kind, "ts": event.ts, "features": values}
+            result.outs.append(Outgoing(self._features_topic, orjson.dumps(record, option=orjson.OPT_SORT_KEYS),
+                                        key=key))  # fmt: skip
+
+
+def target_shard(item: ShardItem, shards: int) -> int:
+    """The shard an item is work for."""
+    return shard_of(item.entity_digest if isinstance(item, ApplyItem) else item.digest, shards)
