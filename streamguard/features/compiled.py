@@ -21,8 +21,9 @@ _OPS: Final[dict[str, Callable[[Any, Any], bool]]] = {
 
 def ip_network(ip: str) -> str:
     """The /24 of an IPv4 address or the /64 of an IPv6 one."""
-    prefix = 64 if ":" in ip else 24
-    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+    if ":" in ip:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return ip.rsplit(".", 1)[0] + ".0/24"  # the codec accepted it as IPv4: four decimal octets
 
 
 def phone_block(phone: str, digits: int) -> str:
@@ -53,11 +54,15 @@ def value_hash(value: Any) -> int:
 class CompiledFeature:
     spec: FeatureSpec
     slots: int
+    resolution_ms: int
+    window_buckets: int
     state_key: bytes  # the feature's namespace in state: its state_id
 
     @classmethod
     def of(cls, spec: FeatureSpec, lateness_ms: int) -> CompiledFeature:
-        return cls(spec, spec.slots(lateness_ms), bytes.fromhex(spec.state_id))
+        resolution = spec.resolution_ms
+        return cls(spec, spec.slots(lateness_ms), resolution, spec.window_ms // resolution,
+                   bytes.fromhex(spec.state_id))  # fmt: skip
 
     def updates_on(self, event: AnyEvent, kind: str, fingerprint: str | None) -> bool:
         """Whether `event` counts in this feature (its type, its filter, the field it reads)."""
@@ -79,7 +84,7 @@ class CompiledFeature:
 
     def window(self, raw: bytes | None) -> Window:
         spec = self.spec
-        resolution, buckets = spec.resolution_ms, spec.window_ms // spec.resolution_ms
+        resolution, buckets = self.resolution_ms, self.window_buckets
         if spec.aggregate in ("count", "sum"):
             return SumWindow(self.slots, resolution, buckets, raw)
         if spec.aggregate in ("min", "max"):

@@ -13,6 +13,7 @@ from streamguard.codec import event_type
 from streamguard.events import AnyEvent
 from streamguard.features.compiled import CompiledFeature, field_value
 from streamguard.features.spec import FeatureSpec
+from streamguard.features.windows import Window
 from streamguard.privacy import Pseudonymizer
 from streamguard.state import keys
 from streamguard.state.store import PartitionStore
@@ -43,16 +44,49 @@ class EntityFeatures:
         return found
 
     def apply(
-        self, store: PartitionStore, eid: str, digest: bytes, event: AnyEvent, fingerprint: str | None
+        self,
+        store: PartitionStore,
+        eid: str,
+        digest: bytes,
+        event: AnyEvent,
+        fingerprint: str | None,
+        windows: WindowCache,
     ) -> dict[str, float]:
         """Count `event` in the entity's windows it belongs to; every feature of the entity's value at `event.ts`."""
         kind = event_type(event)
         values = {}
         for compiled in self.by_entity[eid]:
-            key = keys.feature(compiled.state_key, digest)
-            window = compiled.window(store.get(key))
+            window = windows.get(store, keys.feature(compiled.state_key, digest), compiled)
             if compiled.updates_on(event, kind, fingerprint):
                 window.add(event.ts, compiled.reads(event, fingerprint))
-                store.put(key, window.to_bytes())
+                windows.changed(store, keys.feature(compiled.state_key, digest))
             values[compiled.spec.name] = window.value(event.ts)
         return values
+
+
+class WindowCache:
+    """The windows a transaction touched: read and decoded once, written back once (`flush`)."""
+
+    def __init__(self) -> None:
+        self._windows: dict[tuple[int, bytes], Window] = {}
+        self._changed: dict[tuple[int, bytes], tuple[PartitionStore, bytes]] = {}
+
+    def get(self, store: PartitionStore, key: bytes, compiled: CompiledFeature) -> Window:
+        slot = (id(store), key)
+        window = self._windows.get(slot)
+        if window is None:
+            window = self._windows[slot] = compiled.window(store.get(key))
+        return window
+
+    def changed(self, store: PartitionStore, key: bytes) -> None:
+        self._changed[(id(store), key)] = (store, key)
+
+    def flush(self) -> None:
+        """Write the changed windows into their stores' pending writes, and forget everything."""
+        for slot, (store, key) in self._changed.items():
+            store.put(key, self._windows[slot].to_bytes())
+        self.clear()
+
+    def clear(self) -> None:
+        self._windows.clear()
+        self._changed.clear()

@@ -73,14 +73,15 @@ class DistinctWindow:
     EXACT, ESTIMATED = 0, 1
 
     def __init__(self, slots: int, resolution: int, window_buckets: int, cap: int, raw: bytes | None = None):
-        self.resolution, self.window_buckets = resolution, window_buckets
-        self.hashes, self.masks = np.zeros(cap, np.int64), np.zeros(cap, np.uint64)
+        self.resolution, self.window_buckets, self.cap = resolution, window_buckets, cap
         self.registers: np.ndarray | None = None
         self.used = 0
+        self.hashes, self.masks = np.zeros(0, np.int64), np.zeros(0, np.uint64)
         if raw is None:
             self.starts = np.full(slots, k.EMPTY, np.int64)
+            self._allocate(8)
             return
-        mode, self.used = (int(x) for x in np.frombuffer(raw, np.int64, 2))
+        mode, used = (int(x) for x in np.frombuffer(raw, np.int64, 2))
         self.starts = np.frombuffer(raw, np.int64, slots, offset=16).copy()
         offset = 16 + 8 * slots
         if mode == self.ESTIMATED:
@@ -90,8 +91,18 @@ class DistinctWindow:
                 .copy()
             )
             return
-        self.hashes[: self.used] = np.frombuffer(raw, np.int64, self.used, offset=offset)
-        self.masks[: self.used] = np.frombuffer(raw, np.uint64, self.used, offset=offset + 8 * self.used)
+        self._allocate(max(8, 2 * used))
+        self.hashes[:used] = np.frombuffer(raw, np.int64, used, offset=offset)
+        self.masks[:used] = np.frombuffer(raw, np.uint64, used, offset=offset + 8 * used)
+        self.used = used
+
+    def _allocate(self, size: int) -> None:
+        """Room for `size` values (at most the cap), keeping those there are."""
+        size = min(size, self.cap)
+        hashes, masks = np.zeros(size, np.int64), np.zeros(size, np.uint64)
+        if self.used:
+            hashes[: self.used], masks[: self.used] = self.hashes[: self.used], self.masks[: self.used]
+        self.hashes, self.masks = hashes, masks
 
     @property
     def estimated(self) -> bool:
@@ -101,6 +112,9 @@ class DistinctWindow:
         if self.registers is not None:
             return bool(k.hll_add(self.starts, self.registers, int(value), ts, self.resolution))
         result = int(k.distinct_add(self.starts, self.hashes, self.masks, self.used, int(value), ts, self.resolution))
+        if result == -1 and self.hashes.shape[0] < self.cap:
+            self._allocate(2 * self.hashes.shape[0])
+            return self.add(ts, value)
         if result == -1:
             self._to_estimate()
             return self.add(ts, value)
@@ -127,18 +141,25 @@ class DistinctWindow:
 
 
 class SinceLastWindow:
-    """Seconds from the entity's newest earlier event to `ts` (NaN if none): what was known before this event."""
+    """Seconds from the entity's newest earlier event to `ts` (NaN if none).
+
+    `value` right after `add` of the same event reports the gap to the event
+    before it; otherwise the gap to the newest event counted so far.
+    """
 
     def __init__(self, raw: bytes | None = None) -> None:
         self.last = -1 if raw is None else int(np.frombuffer(raw, np.int64, 1)[0])
-        self.before = self.last
+        self._before: int | None = None  # the newest ts before the event just added
 
     def add(self, ts: int, value: float | int) -> bool:
+        self._before = self.last
         self.last = max(self.last, ts)
         return True
 
     def value(self, ts: int) -> float:
-        return math.nan if self.before < 0 else max(0.0, (ts - self.before) / 1000)
+        previous = self.last if self._before is None else self._before
+        self._before = None
+        return math.nan if previous < 0 else max(0.0, (ts - previous) / 1000)
 
     def to_bytes(self) -> bytes:
         return np.array([self.last], np.int64).tobytes()

@@ -199,6 +199,7 @@ class Engine:
         outs += [self._ingest.shard_record(shard, items) for shard, items in remote.items()]
         for shard in touched:
             self._work.expire(shard)
+        self._work.windows.flush()
         changes = {shard: self._stores[shard].take_changes() for shard in touched}
         return outs, {shard: c for shard, c in changes.items() if c}, result.duplicates
 
@@ -224,6 +225,7 @@ class Engine:
             raise exc
         log.warning("transaction aborted, the batch will be processed again: %s", error)
         _retrying(lambda: producer.abort_transaction(TXN_TIMEOUT_S))
+        self._work.windows.clear()
         for shard, store in self._stores.items():
             store.discard_pending()
             self._recent[shard] = self._recent_ids(store)  # forget what the aborted batch taught it

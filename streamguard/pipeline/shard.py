@@ -28,7 +28,7 @@ import orjson
 
 from streamguard.codec import ApplyItem, DecideItem, MergeItem, ShardItem, encode_verdict, event_type, shard_of
 from streamguard.events import AnyEvent, DeviceEvent
-from streamguard.features.table import EntityFeatures
+from streamguard.features.table import EntityFeatures, WindowCache
 from streamguard.pipeline.records import Outgoing
 from streamguard.privacy import Pseudonymizer
 from streamguard.state import keys
@@ -77,6 +77,7 @@ class ShardWork:
         self._recent_of = recent_of
         self._features_topic = features_topic
         self._resolves_fingerprints = "fingerprint" in features.by_entity
+        self.windows = WindowCache()  # flushed into the stores before each commit, cleared on abort
 
     def handle(self, shard: int, item: ShardItem, now_ms: int, result: Result) -> None:
         if isinstance(item, DecideItem):
@@ -122,7 +123,7 @@ class ShardWork:
             elif item.resolve_fingerprint:
                 known = store.get(key)
                 fingerprint = None if known is None else known.decode()
-        values = self._features.apply(store, item.entity, item.entity_digest, item.event, fingerprint)
+        values = self._features.apply(store, item.entity, item.entity_digest, item.event, fingerprint, self.windows)
         result.items.append(MergeItem(item.digest, item.entity, values))
         if item.resolve_fingerprint:
             if fingerprint is None:

@@ -11,7 +11,7 @@ from rocksdict import Cache
 
 from streamguard.events import LoginEvent, SmsEvent, TransactionEvent
 from streamguard.features.spec import load_features
-from streamguard.features.table import EntityFeatures
+from streamguard.features.table import EntityFeatures, WindowCache
 from streamguard.privacy import Pseudonymizer
 from streamguard.state.store import PartitionStore, StoreOptions
 from tests.naive import naive_feature
@@ -74,11 +74,14 @@ def test_every_value_matches_brute_force(store):
     ]
     table = EntityFeatures(specs, LATENESS)
     seen, checked = [], 0
+    windows, rng = WindowCache(), random.Random(0)
     for event in _stream(700, seed=4):
         seen.append(event)
         for eid, digest in table.entities_of(event, None, PSEUDO).items():
-            values = table.apply(store, eid, digest, event, None)
-            store.apply(store.take_changes(), 0)
+            values = table.apply(store, eid, digest, event, None, windows)
+            if rng.random() < 0.3:  # a transaction ends: the windows go to the store, and are read back
+                windows.flush()
+                store.apply(store.take_changes(), 0)
             for spec in (c.spec for c in table.by_entity[eid]):
                 assert values[spec.name] == naive_feature(spec, seen, event), (spec.name, event.event_id)
                 checked += 1
@@ -88,12 +91,15 @@ def test_every_value_matches_brute_force(store):
 def test_since_last_is_the_gap_to_the_previous_event(store):
     (spec,) = [s for s in load_features(LATENESS) if s.aggregate == "since_last"]
     table = EntityFeatures([spec], LATENESS)
-    gaps = []
-    for i, ts in enumerate([T0, T0 + 30_000, T0 + 90_000]):
+    gaps, windows = [], WindowCache()
+    for i, ts in enumerate([T0, T0 + 30_000, T0 + 90_000, T0 + 100_000]):
         event = LoginEvent(event_id=f"l{i}", ts=ts, account_id="a", ip="10.0.0.1", success=True)
         ((eid, digest),) = table.entities_of(event, None, PSEUDO).items()
-        gaps.append(table.apply(store, eid, digest, event, None)[spec.name])
-    assert math.isnan(gaps[0]) and gaps[1:] == [30.0, 60.0]
+        gaps.append(table.apply(store, eid, digest, event, None, windows)[spec.name])
+        if i == 1:  # a transaction ends between the second and the third
+            windows.flush()
+            store.apply(store.take_changes(), 0)
+    assert math.isnan(gaps[0]) and gaps[1:] == [30.0, 60.0, 10.0]
 
 
 def test_entities_are_pseudonymised_and_fingerprints_come_from_the_caller():

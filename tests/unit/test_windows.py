@@ -46,5 +46,8 @@ def test_distinct_is_exact_up_to_the_cap_then_estimated_and_bounded():
 def test_since_last_reports_what_was_known_before_the_event():
     window = SinceLastWindow()
     window.add(10_000, 1)
+    assert math.isnan(window.value(10_000))
     window = SinceLastWindow(window.to_bytes())
-    assert window.value(25_000) == 15.0
+    assert window.value(25_000) == 15.0  # read only: the gap to the newest counted
+    window.add(26_000, 1)
+    assert window.value(26_000) == 16.0  # right after its own add: the gap to the one before
