@@ -56,13 +56,14 @@ class CompiledFeature:
     slots: int
     resolution_ms: int
     window_buckets: int
+    lifetime_ms: int  # how long after its newest data a window can still matter: span plus lateness
     state_key: bytes  # the feature's namespace in state: its state_id
 
     @classmethod
     def of(cls, spec: FeatureSpec, lateness_ms: int) -> CompiledFeature:
         resolution = spec.resolution_ms
         return cls(spec, spec.slots(lateness_ms), resolution, spec.window_ms // resolution,
-                   bytes.fromhex(spec.state_id))  # fmt: skip
+                   spec.window_ms + lateness_ms, bytes.fromhex(spec.state_id))  # fmt: skip
 
     def updates_on(self, event: AnyEvent, kind: str, fingerprint: str | None) -> bool:
         """Whether `event` counts in this feature (its type, its filter, the field it reads)."""

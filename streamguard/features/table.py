@@ -27,8 +27,11 @@ def entity_id(spec: FeatureSpec) -> str:
 class EntityFeatures:
     def __init__(self, features: list[FeatureSpec], lateness_ms: int) -> None:
         self.by_entity: dict[str, list[CompiledFeature]] = defaultdict(list)
+        self._by_state_key: dict[bytes, CompiledFeature] = {}
         for spec in features:
-            self.by_entity[entity_id(spec)].append(CompiledFeature.of(spec, lateness_ms))
+            compiled = CompiledFeature.of(spec, lateness_ms)
+            self.by_entity[entity_id(spec)].append(compiled)
+            self._by_state_key[compiled.state_key] = compiled
 
     def entities_of(self, event: AnyEvent, fingerprint: str | None, pseudo: Pseudonymizer) -> dict[str, bytes]:
         """Entity id -> keyed hash of its value, for every entity of `event` some feature is counted per."""
@@ -62,6 +65,23 @@ class EntityFeatures:
                 windows.changed(store, keys.feature(compiled.state_key, digest))
             values[compiled.spec.name] = window.value(event.ts)
         return values
+
+    def sweep(self, store: PartitionStore, after: bytes, watermark_ts: int, limit: int) -> bytes:
+        """Delete up to `limit` windows past use, scanning from the key `after`; where to go on from.
+
+        A window is past use when its newest data is further behind the newest
+        event of its shard (`watermark_ts`) than its span plus the lateness;
+        windows of features no longer declared are deleted too. The returned
+        cursor wraps to the start once the end is reached.
+        """
+        scanned = store.items_from(after, keys.FEATURE_END, limit)
+        for key, raw in scanned:
+            compiled = self._by_state_key.get(keys.state_key_of_feature(key))
+            if compiled is None or compiled.window(raw).newest_ts() < watermark_ts - compiled.lifetime_ms:
+                store.delete(key)
+        if len(scanned) < limit:
+            return keys.FEATURE
+        return scanned[-1][0] + b"\x00"
 
 
 class WindowCache:

@@ -25,6 +25,10 @@ class Window(Protocol):
 
     def to_bytes(self) -> bytes: ...
 
+    def newest_ts(self) -> int:
+        """The event time of the newest data kept (-1 for none): the window is useless a span after it."""
+        ...
+
 
 class SumWindow:
     """count (add 1), count-where and sum."""
@@ -45,6 +49,9 @@ class SumWindow:
 
     def to_bytes(self) -> bytes:
         return self.starts.tobytes() + self.values.tobytes()
+
+    def newest_ts(self) -> int:
+        return _newest(self.starts, self.resolution)
 
 
 class ExtremeWindow(SumWindow):
@@ -122,6 +129,9 @@ class DistinctWindow:
             self.used = result
         return result != -2
 
+    def newest_ts(self) -> int:
+        return _newest(self.starts, self.resolution)
+
     def _to_estimate(self) -> None:
         self.registers = np.zeros((self.starts.shape[0], k.HLL_REGISTERS), np.uint8)
         k.hll_from_exact(self.hashes, self.masks, self.used, self.registers)
@@ -163,3 +173,11 @@ class SinceLastWindow:
 
     def to_bytes(self) -> bytes:
         return np.array([self.last], np.int64).tobytes()
+
+    def newest_ts(self) -> int:
+        return self.last
+
+
+def _newest(starts: np.ndarray, resolution: int) -> int:
+    newest = int(starts.max())
+    return -1 if newest < 0 else (newest + 1) * resolution - 1

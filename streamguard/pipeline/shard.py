@@ -78,6 +78,8 @@ class ShardWork:
         self._features_topic = features_topic
         self._resolves_fingerprints = "fingerprint" in features.by_entity
         self.windows = WindowCache()  # flushed into the stores before each commit, cleared on abort
+        self._newest_ts: dict[int, int] = {}  # shard -> newest event time counted there
+        self._sweep_cursor: dict[int, bytes] = {}
 
     def handle(self, shard: int, item: ShardItem, now_ms: int, result: Result) -> None:
         if isinstance(item, DecideItem):
@@ -87,8 +89,14 @@ class ShardWork:
         else:
             self._merge(shard, item, now_ms, result)
 
-    def expire(self, shard: int) -> int:
-        return self._recent_of(shard).expire(EXPIRE_PER_BATCH)
+    def expire(self, shard: int) -> None:
+        """Forget, a bounded amount per batch, the ids and the windows of `shard` that are past use."""
+        self._recent_of(shard).expire(EXPIRE_PER_BATCH)
+        watermark = self._newest_ts.get(shard, 0)
+        if watermark:
+            cursor = self._sweep_cursor.get(shard, keys.FEATURE)
+            store = self._store_of(shard)
+            self._sweep_cursor[shard] = self._features.sweep(store, cursor, watermark, EXPIRE_PER_BATCH)
 
     # --- the three kinds of work -------------------------------------------------
 
@@ -115,6 +123,7 @@ class ShardWork:
 
     def _apply(self, shard: int, item: ApplyItem, result: Result) -> None:
         store = self._store_of(shard)
+        self._newest_ts[shard] = max(self._newest_ts.get(shard, 0), item.event.ts)
         fingerprint = item.fingerprint
         if item.entity == "device_id":
             key = keys.device_fingerprint(item.entity_digest)

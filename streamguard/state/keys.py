@@ -45,11 +45,17 @@ def decode_u64(raw: bytes) -> int:
 
 
 FEATURE: Final = b"\x03"
+FEATURE_END: Final = b"\x04"  # the first key after every feature window
+STATE_KEY_BYTES: Final = 6
 
 
 def feature(state_key: bytes, entity_digest: bytes) -> bytes:
     """One entity's window for one feature: the feature's state id, then the entity's keyed hash."""
     return FEATURE + state_key + entity_digest
+
+
+def state_key_of_feature(key: bytes) -> bytes:
+    return key[1 : 1 + STATE_KEY_BYTES]
 
 
 PENDING: Final = b"\x04"

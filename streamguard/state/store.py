@@ -89,6 +89,18 @@ class PartitionStore:
             assert isinstance(key, bytes)  # raw mode
             yield key
 
+    def items_from(self, lower: bytes, upper: bytes, limit: int) -> list[tuple[bytes, bytes]]:
+        """Committed (key, value) pairs from `lower` up to `upper` (exclusive), at most `limit`."""
+        opts = ReadOptions()
+        opts.set_iterate_upper_bound(upper)
+        found: list[tuple[bytes, bytes]] = []
+        for key, value in self._db.items(from_key=lower, read_opt=opts):
+            if len(found) >= limit:
+                break
+            assert isinstance(key, bytes) and isinstance(value, bytes)  # raw mode
+            found.append((key, value))
+        return found
+
     def take_changes(self) -> Changes:
         """The writes of the open transaction; they stay readable until `apply` or `discard`."""
         return self.pending

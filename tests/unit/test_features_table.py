@@ -110,3 +110,32 @@ def test_entities_are_pseudonymised_and_fingerprints_come_from_the_caller():
     assert "phone" not in entities
     assert all(b"203.0.113" not in d and b"acct_9" not in d for d in entities.values())
     assert "fingerprint" not in table.entities_of(event, None, PSEUDO)
+
+
+def test_windows_past_use_and_of_undeclared_features_are_swept_a_bounded_amount_at_a_time(store):
+    specs = [s for s in load_features(LATENESS) if s.name == "login_failures_by_ip_10m"]
+    table, windows = EntityFeatures(specs, LATENESS), WindowCache()
+
+    def login(i: int, ts: int) -> None:
+        event = LoginEvent(event_id=f"s{i}", ts=ts, account_id="a", ip=f"10.1.{i // 250}.{1 + i % 250}", success=False)
+        ((eid, digest),) = table.entities_of(event, None, PSEUDO).items()
+        table.apply(store, eid, digest, event, None, windows)
+
+    for i in range(30):
+        login(i, T0)  # 30 IPs, then idle
+    login(99, T0 + 3_600_000)  # an hour later: the 10 min windows of the others are past use
+    store.put(b"\x03" + b"\xee" * 6 + b"x" * 12, b"window of a feature no longer declared")
+    windows.flush()
+    store.apply(store.take_changes(), 0)
+
+    def left() -> int:
+        return len(store.items_from(b"\x03", b"\x04", 1000))
+
+    assert left() == 32
+    cursor = table.sweep(store, b"\x03", T0 + 3_600_000, limit=20)
+    store.apply(store.take_changes(), 1)
+    assert cursor != b"\x03" and 12 <= left() < 32
+    cursor = table.sweep(store, cursor, T0 + 3_600_000, limit=20)
+    store.apply(store.take_changes(), 2)
+    assert cursor == b"\x03", "the end was reached: the next sweep starts over"
+    assert left() == 1  # only the IP seen an hour later
