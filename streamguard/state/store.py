@@ -10,7 +10,6 @@ replaying the changelog from its checkpoint (`restore`).
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,7 +130,3 @@ class PartitionStore:
         if not self._closed:
             self._closed = True
             self._db.close()
-
-    def destroy(self) -> None:
-        self.close()
-        shutil.rmtree(self.path, ignore_errors=True)
