@@ -59,10 +59,11 @@ class EntityFeatures:
         kind = event_type(event)
         values = {}
         for compiled in self.by_entity[eid]:
-            window = windows.get(store, keys.feature(compiled.state_key, digest), compiled)
+            key = keys.feature(compiled.state_key, digest)
+            window = windows.get(store, key, compiled)
             if compiled.updates_on(event, kind, fingerprint):
                 window.add(event.ts, compiled.reads(event, fingerprint))
-                windows.changed(store, keys.feature(compiled.state_key, digest))
+                windows.changed(store, key)
             values[compiled.spec.name] = window.value(event.ts)
         return values
 
