@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,7 @@ class DemoTraffic:
     """An endless, seeded stream of demo messages; `next_message(now_ms)` draws one."""
 
     seed: int = 1
+    run: str = ""  # prefix of the event ids; a new one per run, or every rerun would be all duplicates
     attack_share: float = 0.08
     bad_share: float = 0.01
     duplicate_share: float = 0.005
@@ -54,7 +56,7 @@ class DemoTraffic:
         self.rng = random.Random(self.seed)
         self.users = [self._user() for _ in range(2000)]
         self.counter = itertools.count(1)
-        self.run = f"demo{self.seed}-{self.rng.randrange(16**6):06x}"
+        self.run = self.run or f"demo{self.seed}-{time.time_ns() // 1_000_000:x}"
 
     def next_message(self, now_ms: int) -> Message:
         roll = self.rng.random()

@@ -1,3 +1,4 @@
+import time
 from collections import Counter
 
 import pytest
@@ -26,5 +27,11 @@ def test_demo_traffic_is_labelled_and_valid_where_it_says_so():
 
 
 def test_the_same_seed_gives_the_same_traffic():
-    one, two = DemoTraffic(seed=5), DemoTraffic(seed=5)
+    one, two = DemoTraffic(seed=5, run="r"), DemoTraffic(seed=5, run="r")
     assert [one.next_message(NOW_MS).value for _ in range(200)] == [two.next_message(NOW_MS).value for _ in range(200)]
+
+
+def test_each_run_has_its_own_event_ids():
+    first = DemoTraffic(seed=5).run
+    time.sleep(0.002)
+    assert DemoTraffic(seed=5).run != first, "a rerun of the demo would be nothing but duplicates"
