@@ -38,6 +38,8 @@ from streamguard.topics.names import TopicNames
 from streamguard.verdicts import decide
 
 EXPIRE_PER_BATCH = 2000
+# A device's fingerprint is remembered this long (event time) after its last report.
+FINGERPRINT_MEMORY_MS = 24 * 3_600_000
 
 
 class Pending(msgspec.Struct, array_like=True):
@@ -77,9 +79,10 @@ class ShardWork:
         self._recent_of = recent_of
         self._features_topic = features_topic
         self._resolves_fingerprints = "fingerprint" in features.by_entity
-        self.windows = WindowCache()  # flushed into the stores before each commit, cleared on abort
+        self.windows = WindowCache()  # flushed into the stores before each commit; cleared on abort
         self._newest_ts: dict[int, int] = {}  # shard -> newest event time counted there
         self._sweep_cursor: dict[int, bytes] = {}
+        self._fingerprint_cursor: dict[int, bytes] = {}
 
     def handle(self, shard: int, item: ShardItem, now_ms: int, result: Result) -> None:
         if isinstance(item, DecideItem):
@@ -94,9 +97,20 @@ class ShardWork:
         self._recent_of(shard).expire(EXPIRE_PER_BATCH)
         watermark = self._newest_ts.get(shard, 0)
         if watermark:
-            cursor = self._sweep_cursor.get(shard, keys.FEATURE)
             store = self._store_of(shard)
+            cursor = self._sweep_cursor.get(shard, keys.FEATURE)
             self._sweep_cursor[shard] = self._features.sweep(store, cursor, watermark, EXPIRE_PER_BATCH)
+            self._forget_fingerprints(shard, store, watermark - FINGERPRINT_MEMORY_MS)
+
+    def _forget_fingerprints(self, shard: int, store: PartitionStore, before_ts: int) -> None:
+        """Drop device -> fingerprint links last reported before `before_ts`, a bounded number per batch."""
+        cursor = self._fingerprint_cursor.get(shard, keys.DEVICE_FINGERPRINT)
+        scanned = store.items_from(cursor, keys.DEVICE_FINGERPRINT_END, EXPIRE_PER_BATCH)
+        for key, raw in scanned:
+            if key not in store.pending and keys.decode_u64(raw[:8]) < before_ts:
+                store.delete(key)
+        full = len(scanned) == EXPIRE_PER_BATCH
+        self._fingerprint_cursor[shard] = scanned[-1][0] + b"\x00" if full else keys.DEVICE_FINGERPRINT
 
     # --- the three kinds of work -------------------------------------------------
 
@@ -127,11 +141,11 @@ class ShardWork:
         fingerprint = item.fingerprint
         if item.entity == "device_id":
             key = keys.device_fingerprint(item.entity_digest)
-            if fingerprint is not None:
-                store.put(key, fingerprint.encode())
+            if fingerprint is not None:  # a device report: (re)learn its fingerprint, with when
+                store.put(key, keys.encode_u64(item.event.ts) + fingerprint.encode())
             elif item.resolve_fingerprint:
                 known = store.get(key)
-                fingerprint = None if known is None else known.decode()
+                fingerprint = None if known is None else known[8:].decode()
         values = self._features.apply(store, item.entity, item.entity_digest, item.event, fingerprint, self.windows)
         result.items.append(MergeItem(item.digest, item.entity, values))
         if item.resolve_fingerprint:

@@ -60,6 +60,7 @@ def state_key_of_feature(key: bytes) -> bytes:
 
 PENDING: Final = b"\x04"
 DEVICE_FINGERPRINT: Final = b"\x05"
+DEVICE_FINGERPRINT_END: Final = b"\x06"
 
 
 def pending(event_digest: bytes) -> bytes:
