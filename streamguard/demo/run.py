@@ -34,7 +34,8 @@ class Tally:
 def run_demo(settings: Settings, rate: float, seconds: float, seed: int) -> int:
     tally = Tally()
     stop = threading.Event()
-    reader = threading.Thread(target=_read_results, args=(settings, tally, stop), daemon=True)
+    consumer = _results_consumer(settings)  # positioned before the first message is sent, or early results are missed
+    reader = threading.Thread(target=_read_results, args=(settings, consumer, tally, stop), daemon=True)
     reader.start()
     total = int(rate * seconds)
     producer = Producer({"bootstrap.servers": settings.bootstrap, "linger.ms": 5, "partitioner": "murmur2_random"})
@@ -81,7 +82,8 @@ def _caught_up(tally: Tally) -> bool:
         )
 
 
-def _read_results(settings: Settings, tally: Tally, stop: threading.Event) -> None:
+def _results_consumer(settings: Settings) -> Consumer:
+    """A consumer of the verdict and dead-letter topics, assigned at their current ends."""
     topics = [settings.topic(f"verdicts.{t}") for t in EVENT_TYPES] + [settings.topic("deadletter")]
     consumer = Consumer(
         {
@@ -93,6 +95,10 @@ def _read_results(settings: Settings, tally: Tally, stop: threading.Event) -> No
         }
     )
     consumer.assign(_end_offsets(consumer, topics))
+    return consumer
+
+
+def _read_results(settings: Settings, consumer: Consumer, tally: Tally, stop: threading.Event) -> None:
     deadletter = settings.topic("deadletter")
     while not stop.is_set():
         for msg in consumer.consume(1000, 0.2):
