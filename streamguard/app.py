@@ -13,13 +13,17 @@ import faust
 
 from streamguard.features.spec import load_features
 from streamguard.features.table import EntityFeatures
-from streamguard.kernels import window as kernels
+from streamguard.kernels import checks, window
+from streamguard.pipeline.control import ControlReader
 from streamguard.pipeline.engine import Engine
 from streamguard.pipeline.service import EngineService
 from streamguard.privacy import Pseudonymizer
+from streamguard.rules.program import Program
+from streamguard.rules.spec import load_ruleset
 from streamguard.settings import Settings
 from streamguard.topics.names import TopicNames
 from streamguard.topics.spec import load_specs
+from streamguard.verdicts import Detector
 
 
 def worker_id(data_dir: Path) -> str:
@@ -42,9 +46,14 @@ def create_app(settings: Settings) -> tuple[faust.App, EngineService]:
     names = TopicNames.resolve(
         load_specs(settings.topic_prefix, settings.app_id), settings.topic_prefix, settings.app_id
     )
-    features = EntityFeatures(load_features(settings.allowed_lateness_ms), settings.allowed_lateness_ms)
-    kernels.warm_up()  # compile (or load) the kernels now, not at the first event
-    engine = Engine(settings, names, Pseudonymizer(settings.require_hash_key()), features, worker_id(data_dir))
+    specs = load_features(settings.allowed_lateness_ms)
+    window.warm_up()  # compile (or load) the kernels now, not at the first event
+    checks.warm_up()
+    pseudonymizer = Pseudonymizer(settings.require_hash_key())
+    detector = Detector(Program(load_ruleset(specs), specs), pseudonymizer)
+    features = EntityFeatures(specs, settings.allowed_lateness_ms)
+    engine = Engine(settings, names, pseudonymizer, features, detector, worker_id(data_dir))
+    control = ControlReader(settings, names, detector, specs, worker_id(data_dir))
     app = faust.App(
         f"{settings.app_id}-worker",
         broker=f"kafka://{settings.bootstrap.split(',')[0]}",
@@ -55,10 +64,14 @@ def create_app(settings: Settings) -> tuple[faust.App, EngineService]:
         broker_session_timeout=10,
         broker_heartbeat_interval=1,
     )
-    service = EngineService(engine)
+    service = EngineService(engine, control)
 
     @app.page("/streamguard/stats/")
     async def stats(web: Any, request: Any) -> Any:
         return web.json({"ready": engine.ready.is_set(), **engine.stats.as_dict()})
+
+    @app.page("/streamguard/rules/")
+    async def rules(web: Any, request: Any) -> Any:
+        return web.json(control.status())
 
     return app, service

@@ -123,6 +123,7 @@ class MergeItem(msgspec.Struct, frozen=True, tag="m", array_like=True):
     digest: bytes
     entity: str
     values: dict[str, float]
+    entity_digest: bytes = b""  # the entity's keyed hash, for verdict details and list lookups
 
 
 ShardItem = DecideItem | ApplyItem | MergeItem

@@ -1,27 +1,49 @@
 """Turning what the checks found into a verdict: score, decision and reasons.
 
-Until the detection rules exist, every event is allowed with no reasons under
-the empty ruleset; the shape, the ids and the timing are already the contract's.
+The `Detector` holds the ruleset in force (a `Program`) and the block/allow
+lists. The control reader swaps the program and edits the lists from its own
+thread; the engine reads both per event (a reference read, safe under the GIL).
 """
 
 from __future__ import annotations
 
-from typing import Final
-
 from streamguard.codec import event_type
-from streamguard.events import AnyEvent, Verdict
+from streamguard.events import AnyEvent, Reason, Verdict
+from streamguard.privacy import Pseudonymizer
+from streamguard.rules.lists import Lists, list_entities
+from streamguard.rules.program import Program
 
-EMPTY_RULESET: Final = "none@0"
+BLOCK_SCORE = 1000
 
 
-def decide(event: AnyEvent, now_ms: int) -> Verdict:
-    return Verdict(
-        event_id=event.event_id,
-        type=event_type(event),
-        ts=event.ts,
-        decision="allow",
-        score=0,
-        reasons=[],
-        ruleset=EMPTY_RULESET,
-        decided_at=now_ms,
-    )
+class Detector:
+    def __init__(self, program: Program, pseudonymizer: Pseudonymizer) -> None:
+        self.program = program
+        self.lists = Lists(pseudonymizer)
+        self._pseudo = pseudonymizer
+
+    def decide(self, event: AnyEvent, values: dict[str, float], entities: dict[str, bytes], now_ms: int) -> Verdict:
+        kind = event_type(event)
+        program = self.program  # one ruleset per verdict, even if it is replaced meanwhile
+        reasons: list[Reason] = []
+        allowed: frozenset[str] = frozenset()
+        if len(self.lists):
+            listed = list_entities(event, entities, self._pseudo)
+            blocked, allowed = self.lists.lookup(listed, now_ms)
+            reasons += [_block_reason(eid, listed[eid]) for eid in blocked]
+        reasons += program.evaluate(event, kind, values, entities, allowed)
+        score = program.score(reasons)
+        return Verdict(
+            event_id=event.event_id,
+            type=kind,
+            ts=event.ts,
+            decision=program.decision(score),  # type: ignore[arg-type]
+            score=score,
+            reasons=reasons,
+            ruleset=program.ruleset.label,
+            decided_at=now_ms,
+        )
+
+
+def _block_reason(eid: str, digest: bytes) -> Reason:
+    return Reason(code="list.block", score=BLOCK_SCORE, detail={"entity": {"kind": eid, "id": digest[:8].hex()}})

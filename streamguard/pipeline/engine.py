@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, defaultdict, deque
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +23,9 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from rocksdict import Cache
 
-from streamguard.codec import ShardItem, decode_shard
+from streamguard.codec import MergeItem, ShardItem, decode_shard
 from streamguard.features.table import EntityFeatures
+from streamguard.pipeline.align import Aligner
 from streamguard.pipeline.ingest import Ingest, error_code
 from streamguard.pipeline.records import Headers, Incoming, Outgoing
 from streamguard.pipeline.shard import Result, ShardWork, target_shard
@@ -33,12 +34,16 @@ from streamguard.settings import Settings
 from streamguard.state.dedup import RecentIds
 from streamguard.state.store import Changes, PartitionStore, StoreOptions, decode_changes, encode_changes
 from streamguard.topics.names import TopicNames
+from streamguard.verdicts import Detector
 
 log = logging.getLogger(__name__)
 
 Changeset = dict[int, Changes]  # shard -> its state changes in this transaction
 
 TXN_TIMEOUT_S = 30.0
+ALIGN_IDLE_MS = 500.0  # how long a lagging input partition may hold the event-time merge back
+BURST_HOLD_MS = 250.0  # how long the merge waits for every partition's first fetch after a quiet spell
+PARTITION_BUFFER = 2000  # an input partition is paused while the aligner holds more of it
 RESTORE_TIMEOUT_S = 600.0
 
 
@@ -81,6 +86,7 @@ class Engine:
         names: TopicNames,
         pseudonymizer: Pseudonymizer,
         features: EntityFeatures,
+        detector: Detector,
         worker_id: str,
     ) -> None:
         self._settings = settings
@@ -91,9 +97,13 @@ class Engine:
         self._stores: dict[int, PartitionStore] = {}
         self._recent: dict[int, RecentIds] = {}
         self._ingest = Ingest(names, pseudonymizer)
+        self._aligner = Aligner(set(names.inputs.values()), self._lagging, ALIGN_IDLE_MS, BURST_HOLD_MS)
+        self._consumer: Consumer | None = None
+        self._start_offsets: dict[tuple[str, int], int] = {}  # where each input partition was taken up
+        self._paused: set[tuple[str, int]] = set()
         features_topic = settings.topic(settings.features_topic) if settings.features_topic else None
         self._work = ShardWork(
-            names, features, pseudonymizer, self._stores.__getitem__, self._recent.__getitem__, features_topic
+            names, features, detector, pseudonymizer, self._stores.__getitem__, self._recent.__getitem__, features_topic
         )
         self.stats = EngineStats()
         self.ready = threading.Event()
@@ -105,7 +115,7 @@ class Engine:
         producer = Producer(self._producer_config())
         # Aborts what a killed predecessor left open; waits for a broker that is away.
         _retrying(lambda: producer.init_transactions(TXN_TIMEOUT_S))
-        consumer = Consumer(self._consumer_config())
+        consumer = self._consumer = Consumer(self._consumer_config())
         consumer.subscribe(
             [*self._names.inputs.values(), self._names.shard_topic],
             on_assign=self._on_assign,
@@ -115,7 +125,9 @@ class Engine:
         log.info("engine started as %s", self._worker_id)
         try:
             while not stop.is_set():
-                batch = self._poll(consumer)
+                self._aligner.add(self._poll(consumer))
+                self._pause_full(consumer)
+                batch = self._aligner.release(self._settings.batch_max_events)
                 if batch:
                     self._transact(consumer, producer, batch)
         finally:
@@ -174,26 +186,29 @@ class Engine:
         the transaction that read it); work for other shards travels to their
         owners as one shards-topic record per shard.
         """
-        queue: deque[tuple[int, ShardItem]] = deque()
+        wave: list[tuple[int, ShardItem]] = []
         inputs: list[Incoming] = []
         for record in batch:
             if record.topic == self._names.shard_topic and record.value is not None:
-                queue.extend((record.partition, item) for item in decode_shard(record.value))
+                wave.extend((record.partition, item) for item in decode_shard(record.value))
             else:
                 inputs.append(record)
         outs, routed = self._ingest.process(inputs, now_ms)
-        queue.extend((shard, item) for shard, items in routed.items() for item in items)
+        wave.extend((shard, item) for shard, items in routed.items() for item in items)
         remote: dict[int, list[ShardItem]] = defaultdict(list)
         touched: set[int] = set()
         result = Result()
-        while queue:
-            shard, item = queue.popleft()
-            if shard not in self._stores:
-                remote[shard].append(item)
-                continue
-            touched.add(shard)
-            self._work.handle(shard, item, now_ms, result)
-            queue.extend((target_shard(new, self._names.shards), new) for new in result.items)
+        while wave:
+            # In event-time order, so that in a batch holding minutes of history (a replay, a
+            # backlog) each event still sees the events before it, as it would have live.
+            wave.sort(key=_event_time)
+            for shard, item in wave:
+                if shard not in self._stores:
+                    remote[shard].append(item)
+                    continue
+                touched.add(shard)
+                self._work.handle(shard, item, now_ms, result)
+            wave = [(target_shard(new, self._names.shards), new) for new in result.items]
             result.items.clear()
         outs += result.outs
         outs += [self._ingest.shard_record(shard, items) for shard, items in remote.items()]
@@ -230,9 +245,12 @@ class Engine:
             store.discard_pending()
             self._recent[shard] = self._recent_ids(store)  # forget what the aborted batch taught it
         assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+        first = self._aligner.unreleased()  # what was polled after the batch is polled again
         for tp in _first_offsets(batch):
-            if (tp.topic, tp.partition) in assigned:
-                consumer.seek(tp)
+            first[(tp.topic, tp.partition)] = min(first.get((tp.topic, tp.partition), tp.offset), tp.offset)
+        for (topic, partition), offset in first.items():
+            if (topic, partition) in assigned:
+                consumer.seek(TopicPartition(topic, partition, offset))
         self.stats.aborted += 1
 
     def _count(self, batch: list[Incoming], outs: list[Outgoing]) -> None:
@@ -247,6 +265,8 @@ class Engine:
     # --- partitions and their state -------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._aligner.assign([(tp.topic, tp.partition) for tp in partitions])
+        self._note_start_offsets(consumer, [tp for tp in partitions if tp.topic != self._names.shard_topic])
         shards = [tp.partition for tp in partitions if tp.topic == self._names.shard_topic]
         for shard in shards:
             self._stores[shard] = PartitionStore(
@@ -259,8 +279,41 @@ class Engine:
         log.info("assigned %d partitions, shards %s", len(partitions), shards)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._aligner.revoke([(tp.topic, tp.partition) for tp in partitions])
+        self._paused -= {(tp.topic, tp.partition) for tp in partitions}
         self._close_stores([tp.partition for tp in partitions if tp.topic == self._names.shard_topic])
         self.stats.shards = sorted(self._stores)
+
+    def _pause_full(self, consumer: Consumer) -> None:
+        """Pause the input partitions the aligner holds much of; resume the rest."""
+        full = set(self._aligner.full(PARTITION_BUFFER))
+        if full == self._paused:
+            return
+        if self._paused - full:
+            consumer.resume([TopicPartition(t, p) for t, p in self._paused - full])
+        if full - self._paused:
+            consumer.pause([TopicPartition(t, p) for t, p in full - self._paused])
+        self._paused = full
+
+    def _note_start_offsets(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Where reading each input partition starts (committed, else earliest), to tell lag before any read."""
+        try:
+            for tp in consumer.committed(partitions, timeout=10):
+                start = tp.offset if tp.offset >= 0 else consumer.get_watermark_offsets(tp, timeout=10)[0]
+                self._start_offsets[(tp.topic, tp.partition)] = start
+        except KafkaException as exc:
+            log.warning("start offsets unknown, replays may not be aligned in event time: %s", exc)
+
+    def _lagging(self, partition: tuple[str, int]) -> bool:
+        """Whether the broker holds records of `partition` this consumer has not handed over yet."""
+        if self._consumer is None:
+            return False
+        tp = TopicPartition(*partition)
+        position = self._consumer.position([tp])[0].offset
+        if position < 0:  # nothing read since it was assigned
+            position = self._start_offsets.get(partition, -1)
+        _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+        return bool(position >= 0 and high > position)
 
     def _recent_ids(self, store: PartitionStore) -> RecentIds:
         return RecentIds(store, self._settings.dedup_retention_s * 1000)
@@ -331,6 +384,10 @@ class Engine:
             "isolation.level": "read_committed",
             "partition.assignment.strategy": "range",
             "fetch.wait.max.ms": 10,
+            # A small read-ahead per partition, so that every partition's next records are at hand
+            # for the event-time merge instead of one partition's backlog filling the queue.
+            "queued.min.messages": PARTITION_BUFFER,
+            "queued.max.messages.kbytes": 4096,
             "session.timeout.ms": 10_000,
             "heartbeat.interval.ms": 1_000,
             "max.poll.interval.ms": 300_000,
@@ -401,6 +458,11 @@ def _incoming(msg: Message) -> Incoming:
     topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
     assert topic is not None and partition is not None and offset is not None
     return Incoming(topic, partition, offset, msg.key(), msg.value())
+
+
+def _event_time(work: tuple[int, ShardItem]) -> int:
+    item = work[1]
+    return 0 if isinstance(item, MergeItem) else item.event.ts
 
 
 def _next_offsets(batch: list[Incoming]) -> list[TopicPartition]:

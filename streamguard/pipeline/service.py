@@ -28,24 +28,31 @@ import time
 from confluent_kafka import KafkaException
 from mode import Service
 
+from streamguard.pipeline.control import ControlReader
 from streamguard.pipeline.engine import Engine
 
 log = logging.getLogger(__name__)
 
 STUCK_AFTER_S = 60.0  # twice the engine's own timeout for any transactional call
+CONTROL_WAIT_S = 30.0  # how long the engine waits for the control topics before deciding anyway
 
 
 class EngineService(Service):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, control: ControlReader) -> None:
         super().__init__()
         self.engine = engine
+        self.control = control
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     async def on_start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run, args=(loop,), name="streamguard-engine", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run_control, args=(loop,), name="streamguard-control", daemon=True),
+            threading.Thread(target=self._run, args=(loop,), name="streamguard-engine", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
         self.add_future(self._watch())
 
     async def _watch(self) -> None:
@@ -56,7 +63,16 @@ class EngineService(Service):
                 log.error("a transaction has been open for over %.0f s: restarting this worker in place", STUCK_AFTER_S)
                 restart_in_place()
 
+    def _run_control(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            self.control.run(self._stop)
+        except BaseException as exc:  # noqa: BLE001 - without it, rules and lists would silently freeze
+            log.exception("the control reader stopped on an error")
+            asyncio.run_coroutine_threadsafe(self.crash(exc), loop)
+
     def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self.control.caught_up.wait(CONTROL_WAIT_S):
+            log.warning("control topics not read within %.0f s: deciding with the rules in force", CONTROL_WAIT_S)
         try:
             self.engine.run(self._stop)
         except BaseException as exc:  # noqa: BLE001 - the engine's death must not go unnoticed
@@ -70,8 +86,8 @@ class EngineService(Service):
 
     async def on_stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        for thread in self._threads:
+            await asyncio.get_running_loop().run_in_executor(None, thread.join)
 
 
 def restart_in_place() -> None:

@@ -35,7 +35,7 @@ from streamguard.state import keys
 from streamguard.state.dedup import RecentIds
 from streamguard.state.store import PartitionStore
 from streamguard.topics.names import TopicNames
-from streamguard.verdicts import decide
+from streamguard.verdicts import Detector
 
 EXPIRE_PER_BATCH = 2000
 # A device's fingerprint is remembered this long (event time) after its last report.
@@ -47,6 +47,7 @@ class Pending(msgspec.Struct, array_like=True):
     expected: list[str]
     values: dict[str, float] = {}
     received: list[str] = []
+    entities: dict[str, bytes] = {}  # entity id -> keyed hash, as they answer
 
 
 _pending_encoder = msgspec.msgpack.Encoder()
@@ -67,6 +68,7 @@ class ShardWork:
         self,
         names: TopicNames,
         features: EntityFeatures,
+        detector: Detector,
         pseudonymizer: Pseudonymizer,
         store_of: Callable[[int], PartitionStore],
         recent_of: Callable[[int], RecentIds],
@@ -74,6 +76,7 @@ class ShardWork:
     ) -> None:
         self._names = names
         self._features = features
+        self._detector = detector
         self._pseudo = pseudonymizer
         self._store_of = store_of
         self._recent_of = recent_of
@@ -127,7 +130,7 @@ class ShardWork:
             entities["device_id"] = self._pseudo.digest("device_id", device_id)  # to learn or look up its fingerprint
         expected = sorted(entities) + (["fingerprint"] if resolve else [])
         if not expected:
-            self._publish(event, {}, now_ms, result)
+            self._publish(event, {}, {}, now_ms, result)
             return
         self._store_of(shard).put(keys.pending(item.digest), _pending_encoder.encode(Pending(event, expected)))
         for eid, entity_digest in entities.items():
@@ -147,7 +150,7 @@ class ShardWork:
                 known = store.get(key)
                 fingerprint = None if known is None else known[8:].decode()
         values = self._features.apply(store, item.entity, item.entity_digest, item.event, fingerprint, self.windows)
-        result.items.append(MergeItem(item.digest, item.entity, values))
+        result.items.append(MergeItem(item.digest, item.entity, values, item.entity_digest))
         if item.resolve_fingerprint:
             if fingerprint is None:
                 result.items.append(MergeItem(item.digest, "fingerprint", {}))
@@ -164,9 +167,11 @@ class ShardWork:
         pending = _pending_decoder.decode(raw)
         pending.values.update(item.values)
         pending.received.append(item.entity)
+        if item.entity_digest:
+            pending.entities[item.entity] = item.entity_digest
         if set(pending.received) >= set(pending.expected):
             store.delete(key)
-            self._publish(pending.event, pending.values, now_ms, result)
+            self._publish(pending.event, pending.values, pending.entities, now_ms, result)
         else:
             store.put(key, _pending_encoder.encode(pending))
 
@@ -178,9 +183,11 @@ class ShardWork:
             return self._pseudo.digest("fingerprint-reported", event.fingerprint).hex()
         return None
 
-    def _publish(self, event: AnyEvent, values: dict[str, float], now_ms: int, result: Result) -> None:
+    def _publish(
+        self, event: AnyEvent, values: dict[str, float], entities: dict[str, bytes], now_ms: int, result: Result
+    ) -> None:
         kind = event_type(event)
-        verdict = decide(event, now_ms)
+        verdict = self._detector.decide(event, values, entities, now_ms)
         key = event.event_id.encode()
         result.outs.append(Outgoing(self._names.verdicts[kind], encode_verdict(verdict), key=key))
         if self._features_topic:

@@ -16,6 +16,8 @@ class TopicNames:
     deadletter: str
     shard_topic: str
     changelog: str
+    control_rules: str
+    control_lists: str
     shards: int  # partitions of shard_topic, and of changelog
 
     @classmethod
@@ -37,6 +39,8 @@ class TopicNames:
             deadletter=need(prefix + "deadletter").name,
             shard_topic=shard_topic.name,
             changelog=changelog.name,
+            control_rules=need(prefix + "control.rules").name,
+            control_lists=need(prefix + "control.lists").name,
             shards=shard_topic.partitions,
         )
 

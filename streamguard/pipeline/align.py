@@ -1,0 +1,144 @@
+"""Event-time alignment of the input partitions: what lets a replay see what live traffic saw.
+
+A consumer reads its partitions at unequal speeds: replaying history, it may
+hand over an hour of `events.login` before the device reports of that hour
+have arrived. Decided in that order, a login would not see its device's
+report, and the verdict would differ from the one live traffic got.
+
+`Aligner` buffers what the consumer polled, per input partition, and releases
+records in event-time order (a k-way merge on `ts`, as Kafka Streams does
+across a task's partitions). While a partition has nothing buffered but the
+broker holds more of it, nothing is released, for at most `idle_ms`; then the
+merge goes on without it. The lag of a partition is what the last fetch said;
+when records come after a quiet spell (a burst, a replay starting), nothing is
+released for `burst_hold_ms`, the time for every partition's fetch to answer.
+Per partition, what is released is always a prefix of what was polled, so
+committing the released offsets never skips a record.
+Records that are not events (internal topics, invalid bytes) pass at once.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections import deque
+from collections.abc import Callable
+
+import msgspec
+
+from streamguard.codec import MAX_FUTURE_MS
+from streamguard.pipeline.records import Incoming
+
+Partition = tuple[str, int]
+IDLE_GAP_S = 1.0  # records after this long without any start a burst
+
+
+class _Ts(msgspec.Struct):
+    ts: int = -1
+
+
+_ts_decoder = msgspec.json.Decoder(_Ts)
+
+
+def event_ts(value: bytes | None, now_ms: int) -> int:
+    """The `ts` of an event's JSON, cheaply; -1 when it has none the codec would accept (it goes through at once)."""
+    if not value:
+        return -1
+    try:
+        ts = _ts_decoder.decode(value).ts
+    except (msgspec.MsgspecError, OverflowError):
+        return -1
+    return ts if ts <= now_ms + MAX_FUTURE_MS else -1  # a far-future ts would hold its partition back
+
+
+class Aligner:
+    def __init__(
+        self, inputs: set[str], lagging: Callable[[Partition], bool], idle_ms: float, burst_hold_ms: float
+    ) -> None:
+        self._inputs = inputs
+        self._lagging = lagging  # whether the broker holds records of a partition not polled yet
+        self._idle_s = idle_ms / 1000
+        self._burst_hold_s = burst_hold_ms / 1000
+        self._last_polled = 0.0  # time.monotonic() of the last record polled
+        self._last_add = 0.0  # of the last call to `add`
+        self._hold_until = 0.0
+        self._queues: dict[Partition, deque[tuple[int, Incoming]]] = {}
+        self._passing: list[Incoming] = []
+        self._empty_since: dict[Partition, float] = {}  # lagging partitions with nothing buffered
+        self._partitions: set[Partition] = set()  # the assigned input partitions
+
+    def __len__(self) -> int:
+        return len(self._passing) + sum(len(q) for q in self._queues.values())
+
+    def assign(self, partitions: list[Partition]) -> None:
+        self._partitions |= {p for p in partitions if p[0] in self._inputs}
+
+    def revoke(self, partitions: list[Partition]) -> None:
+        """Forget revoked partitions and what is buffered of them (their new owner reads it again)."""
+        for p in partitions:
+            self._partitions.discard(p)
+            self._queues.pop(p, None)
+        self._passing = [r for r in self._passing if (r.topic, r.partition) not in set(partitions)]
+
+    def add(self, records: list[Incoming]) -> None:
+        now = time.monotonic()
+        if now - self._last_add > self._idle_s:
+            self._empty_since.clear()  # the caller was busy: the waiting only starts now
+        self._last_add = now
+        if not records:
+            return
+        if now - self._last_polled > IDLE_GAP_S:
+            # The first records after a quiet spell: the lag of the other partitions is only known
+            # once their first fetch answers, so the merge waits that long before trusting it.
+            self._hold_until = now + self._burst_hold_s
+        self._last_polled = now
+        now_ms = int(time.time() * 1000)
+        for record in records:
+            ts = event_ts(record.value, now_ms) if record.topic in self._inputs else -1
+            if ts < 0:
+                self._passing.append(record)
+            else:
+                self._queues.setdefault((record.topic, record.partition), deque()).append((ts, record))
+
+    def release(self, limit: int) -> list[Incoming]:
+        """Up to `limit` records, in event-time order across partitions; maybe none while one lags."""
+        out, self._passing = self._passing[:limit], self._passing[limit:]
+        if time.monotonic() < self._hold_until or self._blocked():
+            return out
+        heads = [(q[0][0], p) for p, q in self._queues.items() if q]
+        heapq.heapify(heads)
+        while heads and len(out) < limit:
+            _, p = heapq.heappop(heads)
+            queue = self._queues[p]
+            out.append(queue.popleft()[1])
+            if queue:
+                heapq.heappush(heads, (queue[0][0], p))
+            elif self._lagging(p):
+                break  # its next records may be older than the other heads: wait for them
+        return out
+
+    def unreleased(self) -> dict[Partition, int]:
+        """The first buffered offset of each partition, and forget the buffer (after an abort)."""
+        first: dict[Partition, int] = {}
+        for record in self._passing + [r for q in self._queues.values() for _, r in q]:
+            key = (record.topic, record.partition)
+            first[key] = min(first.get(key, record.offset), record.offset)
+        self._passing.clear()
+        self._queues.clear()
+        return first
+
+    def full(self, limit: int) -> list[Partition]:
+        """The partitions with over `limit` records buffered: the consumer pauses them, so others get fetched."""
+        return [p for p, q in self._queues.items() if len(q) > limit]
+
+    def _blocked(self) -> bool:
+        """Whether an empty partition the broker has more of holds the merge back (each for `idle_ms` at most)."""
+        now = time.monotonic()
+        blocked = False
+        for p in self._partitions:
+            if self._queues.get(p) or not self._lagging(p):
+                self._empty_since.pop(p, None)
+                continue
+            since = self._empty_since.setdefault(p, now)
+            blocked = blocked or now - since < self._idle_s
+        return blocked

@@ -1,0 +1,1 @@
+"""Detection: rulesets (what to check), facts (what an event says by itself), lists and verdicts."""
