@@ -123,3 +123,40 @@ def naive_feature(spec: Any, history: list[Any], event: Any, fingerprint_of: dic
     if not values:
         return None
     return max(values) if spec.aggregate == "max" else min(values)
+
+
+# --- rule checks (streamguard.kernels.checks) ---------------------------------------
+
+NAIVE_OPS = {
+    0: lambda x, t: x >= t,
+    1: lambda x, t: x > t,
+    2: lambda x, t: x <= t,
+    3: lambda x, t: x < t,
+    4: lambda x, t: x == t,
+    5: lambda x, t: x != t and not math.isnan(x),
+}
+
+
+def naive_rules(
+    values: list[float], conditions: list[list[tuple[int, int, int, float]]]
+) -> tuple[list[list[float]], list[bool]]:
+    """Per rule, its conditions (numerator, denominator or -1, op, threshold): observed inputs, and whether it fired."""
+    observed, fired = [], []
+    for rule in conditions:
+        seen = []
+        for num, den, _, _ in rule:
+            x = values[num]
+            if den >= 0:
+                x = x / values[den] if values[den] > 0 else math.nan
+            seen.append(x)
+        observed.append(seen)
+        fired.append(all(NAIVE_OPS[c[2]](x, c[3]) for x, c in zip(seen, rule, strict=True)))
+    return observed, fired
+
+
+def naive_combine(scores: list[int]) -> int:
+    """Noisy-or of scores out of 1000."""
+    clean = 1.0
+    for s in scores:
+        clean *= 1 - min(max(s, 0), 1000) / 1000
+    return round(1000 * (1 - clean))

@@ -82,6 +82,8 @@ def combine_scores(scores: np.ndarray, fired: np.ndarray) -> int:
 def warm_up() -> None:
     """Compile (or load from the cache) every check kernel."""
     values = np.array([1.0, 2.0])
+    compare(1.0, GE, 1.0)
+    observe(values, 0, 1)
     index = np.zeros(1, np.int32)
     evaluate_rules(
         values,

@@ -60,7 +60,14 @@ class Worker:
     log: Path
 
     def stats(self) -> dict[str, Any]:
-        url = f"http://127.0.0.1:{self.web_port}/streamguard/stats/"
+        return self._page("stats")
+
+    def rules(self) -> dict[str, Any]:
+        """The ruleset in force, the list entries and what was rejected (`/streamguard/rules/`)."""
+        return self._page("rules")
+
+    def _page(self, name: str) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{self.web_port}/streamguard/{name}/"
         with urllib.request.urlopen(url, timeout=2) as response:
             return dict(json.load(response))
 

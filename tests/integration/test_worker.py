@@ -65,8 +65,11 @@ def test_one_verdict_per_valid_event_and_one_dead_letter_per_bad_message(stack: 
         assert key == verdict["event_id"].encode()
         assert verdict["type"] == by_id[verdict["event_id"]]["type"]
         assert verdict["ts"] == by_id[verdict["event_id"]]["ts"]
-        assert verdict["decision"] == "allow" and verdict["reasons"] == [] and verdict["score"] == 0
-        assert isinstance(verdict["ruleset"], str) and isinstance(verdict["decided_at"], int)
+        assert verdict["decision"] in ("allow", "challenge", "review", "deny") and 0 <= verdict["score"] <= 1000
+        assert verdict["reasons"] or verdict["decision"] == "allow", "reasons are empty only on allow"
+        scores = [r["score"] for r in verdict["reasons"]]
+        assert scores == sorted(scores, reverse=True), "most important first"
+        assert verdict["ruleset"] == "default@1" and isinstance(verdict["decided_at"], int)
 
     assert len(reader.deadletters) == len(BAD)
     for msg in reader.deadletters:
