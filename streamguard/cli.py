@@ -68,6 +68,20 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=1)
     demo.set_defaults(run=_demo)
 
+    rules = command("rules", "check a ruleset file, or check it and publish it to control.rules")
+    rules.add_argument("action", choices=["check", "publish"])
+    rules.add_argument("file", type=Path, help="a ruleset (TOML or JSON), e.g. features/rulesets/default.toml")
+    rules.set_defaults(run=_rules)
+
+    lists = command("lists", "add an entry to a block/allow list, or remove it (control.lists)")
+    lists.add_argument("action", choices=["add", "remove"])
+    lists.add_argument("list", choices=["block", "allow"])
+    lists.add_argument("entity", help="ip, network, device, fingerprint, account, phone or instrument")
+    lists.add_argument("value", help="the raw identifier (an address or /24 for networks)")
+    lists.add_argument("--ttl", type=int, help="seconds until the entry lapses (default: never)")
+    lists.add_argument("--note", default="", help="why, for whoever reads the topic")
+    lists.set_defaults(run=_lists)
+
     schemas = command("schemas", "write the JSON Schemas of the events into topics/schemas")
     schemas.add_argument("--check", action="store_true", help="fail if the files on disk are stale")
     schemas.set_defaults(run=_schemas)
@@ -113,6 +127,45 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
     from streamguard.demo.run import run_demo
 
     return run_demo(settings, rate=args.rate, seconds=args.seconds, seed=args.seed)
+
+
+def _rules(settings: Settings, args: argparse.Namespace) -> int:
+    from streamguard.features.spec import load_features
+    from streamguard.rules.spec import parse_ruleset
+
+    raw = args.file.read_bytes()
+    ruleset = parse_ruleset(raw, load_features(settings.allowed_lateness_ms))
+    print(f"{args.file}: {ruleset.label}, {len(ruleset.rule)} rules, valid")
+    if args.action == "publish":
+        _publish(settings, "control.rules", ruleset.name.encode(), raw)
+        print(f"published to {settings.topic('control.rules')}: workers switch within seconds if it is newer")
+    return 0
+
+
+def _lists(settings: Settings, args: argparse.Namespace) -> int:
+    import orjson
+
+    from streamguard.privacy import Pseudonymizer
+    from streamguard.rules.lists import Lists
+
+    key = f"{args.list}:{args.entity}:{args.value}".encode()
+    value = None if args.action == "remove" else orjson.dumps({"ttl_s": args.ttl, "note": args.note})
+    Lists(Pseudonymizer(b"only-to-check-the-entry")).apply(key, value, 0)  # raises on a bad entry
+    _publish(settings, "control.lists", key, value)
+    print(f"{'removed' if value is None else 'added'} {args.list}:{args.entity} on {settings.topic('control.lists')}")
+    return 0
+
+
+def _publish(settings: Settings, topic: str, key: bytes, value: bytes | None) -> None:
+    from confluent_kafka import Producer
+
+    from streamguard.errors import BrokerError
+
+    producer = Producer({"bootstrap.servers": settings.bootstrap, "enable.idempotence": True})
+    errors: list[Any] = []
+    producer.produce(settings.topic(topic), value, key, on_delivery=lambda err, _: errors.append(err))
+    if producer.flush(30) or errors[0] is not None:
+        raise BrokerError(f"could not publish to {settings.topic(topic)}: {errors[0] if errors else 'timed out'}")
 
 
 def _schemas(settings: Settings, args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from streamguard.errors import ConfigError
 from streamguard.features.spec import FeatureSpec
@@ -65,7 +65,7 @@ class ControlReader:
             }
         )
         try:
-            ends = self._assign_all(consumer)
+            ends = self._assign_all(consumer, stop)
             while not stop.is_set():
                 for message in consumer.consume(500, 0.5):
                     self._handle(message)
@@ -76,15 +76,25 @@ class ControlReader:
         finally:
             consumer.close()
 
-    def _assign_all(self, consumer: Consumer) -> dict[tuple[str, int], int]:
+    def _assign_all(self, consumer: Consumer, stop: threading.Event) -> dict[tuple[str, int], int]:
+        """Assign every partition of both topics from the beginning; their end offsets now."""
+        while not stop.is_set():
+            try:
+                return self._try_assign_all(consumer)
+            except (KafkaException, KeyError) as exc:  # the broker is away, or the topics are not created yet
+                log.warning("control topics not readable yet, retrying: %s", exc)
+                stop.wait(1.0)
+        return {}
+
+    def _try_assign_all(self, consumer: Consumer) -> dict[tuple[str, int], int]:
         topics = [self._names.control_rules, self._names.control_lists]
-        metadata = consumer.list_topics(timeout=30)
+        metadata = consumer.list_topics(timeout=10)
         partitions = [TopicPartition(t, p, OFFSET_BEGINNING) for t in topics for p in metadata.topics[t].partitions]
-        consumer.assign(partitions)
         ends = {}
         for tp in partitions:
-            _, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=30)
+            _, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
             ends[(tp.topic, tp.partition)] = high
+        consumer.assign(partitions)
         return ends
 
     def _handle(self, message: Message) -> None:

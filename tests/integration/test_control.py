@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -10,7 +13,7 @@ import msgspec
 import pytest
 
 from streamguard.features.spec import load_features
-from streamguard.rules.spec import load_ruleset
+from streamguard.rules.spec import default_path, load_ruleset
 from tests.integration.harness import Stack, Worker
 
 pytestmark = pytest.mark.integration
@@ -31,6 +34,15 @@ def _wait(check: Callable[[], bool], timeout: float = 15.0) -> float:
     raise AssertionError(f"not within {timeout} s")
 
 
+def _cli(stack: Stack, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "streamguard.cli", *args], env={**os.environ, **stack.env()}, text=True,
+        capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def _login(i: int, ip: str, run: str) -> tuple[str, bytes, bytes]:
     event = {"event_id": f"{run}-{i}", "type": "login", "ts": int(time.time() * 1000), "account_id": f"a{i}",
              "ip": ip, "success": True}  # fmt: skip
@@ -44,7 +56,10 @@ def test_a_new_ruleset_reaches_every_worker_without_a_restart_and_a_bad_one_is_r
     reader.read_until(30)
     assert {v["ruleset"] for v in reader.verdicts} == {"default@1"}
 
-    stack.produce([("control.rules", b"default", _ruleset(2))])
+    toml = default_path().read_text().replace("version = 1\n", "version = 2\n")
+    (stack.workdir / "v2.toml").write_text(toml)
+    published = _cli(stack, "rules", "publish", str(stack.workdir / "v2.toml"))
+    assert "default@2" in published
     for worker in workers:
         _wait(lambda w=worker: w.rules()["ruleset"] == "default@2")
     stack.produce([("control.rules", b"default", _ruleset(3, rule=[{"code": "x.y", "events": ["login"],
@@ -66,8 +81,8 @@ def test_a_new_ruleset_reaches_every_worker_without_a_restart_and_a_bad_one_is_r
 
 def test_block_and_allow_entries_apply_within_seconds_and_can_be_removed(stack: Stack):
     worker: Worker = stack.start_worker()
-    stack.produce([("control.lists", b"block:ip:36.9.9.9", b'{"note": "ticket 42"}'),
-                   ("control.lists", b"block:galaxy:andromeda", b"")])  # fmt: skip
+    _cli(stack, "lists", "add", "block", "ip", "36.9.9.9", "--note", "ticket 42")
+    stack.produce([("control.lists", b"block:galaxy:andromeda", b"")])
     _wait(lambda: worker.rules()["list_entries"] == 1 and len(worker.rules()["rejected"]) == 1)
     assert "<list>:<entity>:<value>" in worker.rules()["rejected"][0]["error"]
 
