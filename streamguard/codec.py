@@ -17,6 +17,8 @@ from streamguard.events import EVENT_TYPES, AnyEvent, ErrorCode, Verdict
 
 MAX_EVENT_BYTES: Final = 64 * 1024
 MAX_FUTURE_MS: Final = 5 * 60 * 1000
+# Internal records (shards, changelog) stay under the broker's default max.message.bytes (1 MiB).
+MAX_RECORD_BYTES: Final = 900_000
 
 _decoder: Final = msgspec.json.Decoder(AnyEvent)
 

@@ -23,7 +23,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from rocksdict import Cache
 
-from streamguard.codec import MergeItem, ShardItem, decode_shard
+from streamguard.codec import MAX_RECORD_BYTES, MergeItem, ShardItem, decode_shard
 from streamguard.features.table import EntityFeatures
 from streamguard.pipeline.align import Aligner
 from streamguard.pipeline.ingest import Ingest, error_code
@@ -211,7 +211,7 @@ class Engine:
             wave = [(target_shard(new, self._names.shards), new) for new in result.items]
             result.items.clear()
         outs += result.outs
-        outs += [self._ingest.shard_record(shard, items) for shard, items in remote.items()]
+        outs += [out for shard, items in remote.items() for out in self._ingest.shard_records(shard, items)]
         for shard in touched:
             self._work.expire(shard)
         self._work.windows.flush()
@@ -226,13 +226,16 @@ class Engine:
         """
         for out in outs:
             _produce(producer, out.topic, out.value, out.key, out.partition, out.headers)
-        offsets: dict[int, int] = {}
+        delivered: dict[int, list[int]] = defaultdict(list)
+        expected = 0
         for shard, shard_changes in changes.items():
-            on_delivery = _record_offset(offsets, shard)
-            _produce(producer, self._names.changelog, encode_changes(shard_changes), None, shard, None, on_delivery)
-        if producer.flush(TXN_TIMEOUT_S) or len(offsets) != len(changes):
+            on_delivery = _record_offset(delivered, shard)
+            for record in encode_changes(shard_changes, MAX_RECORD_BYTES):
+                _produce(producer, self._names.changelog, record, None, shard, None, on_delivery)
+                expected += 1
+        if producer.flush(TXN_TIMEOUT_S) or sum(map(len, delivered.values())) != expected:
             raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "records of the transaction were not delivered"))
-        return offsets
+        return {shard: max(offsets) for shard, offsets in delivered.items()}
 
     def _abort(self, consumer: Consumer, producer: Producer, batch: list[Incoming], exc: KafkaException) -> None:
         error: KafkaError = exc.args[0]
@@ -440,11 +443,11 @@ def _produce(
             producer.poll(0.05)  # the local queue is full: let deliveries drain
 
 
-def _record_offset(offsets: dict[int, int], shard: int) -> Callable[[KafkaError | None, Message], None]:
+def _record_offset(offsets: dict[int, list[int]], shard: int) -> Callable[[KafkaError | None, Message], None]:
     def on_delivery(err: KafkaError | None, msg: Message) -> None:
         offset = msg.offset()
         if err is None and offset is not None:
-            offsets[shard] = offset
+            offsets[shard].append(offset)
 
     return on_delivery
 

@@ -5,7 +5,8 @@ Valid ones are grouped per shard (the keyed hash of `event_id` picks it).
 Routing by id, not by whatever key upstream chose, is what makes
 de-duplication exact. The engine hands a group to the decide stage directly
 when this worker owns that shard, and otherwise sends it to the shard's
-partition of the shards topic as one Kafka record (`shard_record`).
+partition of the shards topic as one Kafka record (`shard_records`; more if
+it would be over `MAX_RECORD_BYTES`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
-from streamguard.codec import DecideItem, ShardItem, decode_event, encode_shard, shard_of
+from streamguard.codec import MAX_RECORD_BYTES, DecideItem, ShardItem, decode_event, encode_shard, shard_of
 from streamguard.errors import InvalidEvent
 from streamguard.events import DeadLetterHeader as H
 from streamguard.pipeline.records import Headers, Incoming, Outgoing
@@ -41,9 +42,13 @@ class Ingest:
             shards[shard_of(digest, self._names.shards)].append(DecideItem(digest, event))
         return dead, shards
 
-    def shard_record(self, shard: int, items: list[ShardItem]) -> Outgoing:
-        """The shards-topic record that carries `items` to the worker that owns `shard`."""
-        return Outgoing(self._names.shard_topic, encode_shard(items), partition=shard)
+    def shard_records(self, shard: int, items: list[ShardItem]) -> list[Outgoing]:
+        """The shards-topic records that carry `items` to the worker that owns `shard`: one, unless too big."""
+        encoded = encode_shard(items)
+        if len(encoded) <= MAX_RECORD_BYTES or len(items) == 1:
+            return [Outgoing(self._names.shard_topic, encoded, partition=shard)]
+        half = len(items) // 2
+        return self.shard_records(shard, items[:half]) + self.shard_records(shard, items[half:])
 
 
 def dead_letter(record: Incoming, error: InvalidEvent, topic: str) -> Outgoing:

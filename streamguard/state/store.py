@@ -48,8 +48,20 @@ class StoreOptions:
         return opts
 
 
-def encode_changes(changes: Changes) -> bytes:
-    return _changes_encoder.encode(list(changes.items()))
+def encode_changes(changes: Changes, max_bytes: int) -> list[bytes]:
+    """`changes` as changelog records of at most about `max_bytes` each (a big batch makes several)."""
+    records: list[bytes] = []
+    chunk: list[tuple[bytes, bytes | None]] = []
+    size = 0
+    for key, value in changes.items():
+        entry = len(key) + (len(value) if value is not None else 0) + 8
+        if chunk and size + entry > max_bytes:
+            records.append(_changes_encoder.encode(chunk))
+            chunk, size = [], 0
+        chunk.append((key, value))
+        size += entry
+    records.append(_changes_encoder.encode(chunk))
+    return records
 
 
 def decode_changes(raw: bytes) -> Changes:

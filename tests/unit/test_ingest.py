@@ -44,10 +44,21 @@ def test_valid_events_are_grouped_per_shard_and_travel_in_one_record_each():
     dead, shards = INGEST.process(batch, NOW_MS)
     assert dead == []
     assert set(shards) <= set(range(NAMES.shards)) and len(shards) > 1
-    records = [INGEST.shard_record(shard, items) for shard, items in shards.items()]
+    records = [r for shard, items in shards.items() for r in INGEST.shard_records(shard, items)]
     assert all(r.topic == NAMES.shard_topic for r in records)
     ids = [item.event.event_id for r in records for item in decode_shard(r.value)]
     assert sorted(ids) == sorted(f"{k}-{i}" for i in range(50) for k in valid_events())
+
+
+def test_too_many_items_for_one_record_make_several(monkeypatch):
+    monkeypatch.setattr("streamguard.pipeline.ingest.MAX_RECORD_BYTES", 2_000)
+    event = valid_events()["login"]
+    batch = [_incoming("login", json.dumps({**event, "event_id": f"x-{i}"}).encode()) for i in range(200)]
+    _, shards = INGEST.process(batch, NOW_MS)
+    shard, items = max(shards.items(), key=lambda kv: len(kv[1]))
+    records = INGEST.shard_records(shard, items)
+    assert len(records) > 1 and all(len(r.value or b"") <= 2_000 for r in records)
+    assert [i for r in records for i in decode_shard(r.value or b"")] == items
 
 
 def test_the_shard_depends_on_the_event_id_only():

@@ -51,7 +51,18 @@ def test_discarded_writes_are_gone(open_store):
 
 def test_changes_round_trip_through_the_changelog_encoding():
     changes = {b"a": b"1", b"b": None, b"\x00\xff": b""}
-    assert decode_changes(encode_changes(changes)) == changes
+    (record,) = encode_changes(changes, 1_000_000)
+    assert decode_changes(record) == changes
+
+
+def test_big_changes_make_several_records_under_the_limit():
+    changes = {b"k%05d" % i: b"v" * 1000 for i in range(3000)}
+    records = encode_changes(changes, 100_000)
+    assert len(records) > 1 and all(len(r) <= 100_000 for r in records)
+    merged: dict = {}
+    for record in records:
+        merged.update(decode_changes(record))
+    assert merged == changes
 
 
 def test_a_repeated_id_is_a_duplicate(open_store):
