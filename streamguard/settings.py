@@ -31,6 +31,7 @@ class Settings:
     allowed_lateness_ms: int = 300_000
     features_topic: str = ""
     batch_max_events: int = 5000
+    batch_max_span_ms: int = 60_000
     log_level: str = "WARNING"
 
     def topic(self, name: str) -> str:
@@ -58,6 +59,7 @@ DOCS: Final[dict[str, str]] = {
     "allowed_lateness_ms": "How far behind the newest event of an entity an event may arrive and still count.",
     "features_topic": "If set, every decided event's feature values are published there (keyed by event_id).",
     "batch_max_events": "The most records one transaction takes (a batch is what is there when it polls).",
+    "batch_max_span_ms": "The most event time one transaction covers (how far a replay may run ahead of its own work).",
     "log_level": "Log level of the worker (DEBUG, INFO, WARNING, ERROR).",
 }
 

@@ -100,14 +100,22 @@ class Aligner:
             else:
                 self._queues.setdefault((record.topic, record.partition), deque()).append((ts, record))
 
-    def release(self, limit: int) -> list[Incoming]:
-        """Up to `limit` records, in event-time order across partitions; maybe none while one lags."""
+    def release(self, limit: int, span_ms: int) -> list[Incoming]:
+        """Up to `limit` records within `span_ms` of event time, in event-time order across partitions.
+
+        Maybe none while a partition lags. The span bounds how far one batch
+        runs ahead in event time of the work it sends to other workers (which
+        they do a transaction later): in a replay, a batch of many minutes of
+        history would decide its later events before its earlier ones reached
+        their entities on other workers. Live traffic spans far less.
+        """
         out, self._passing = self._passing[:limit], self._passing[limit:]
         if time.monotonic() < self._hold_until or self._blocked():
             return out
         heads = [(q[0][0], p) for p, q in self._queues.items() if q]
         heapq.heapify(heads)
-        while heads and len(out) < limit:
+        until = heads[0][0] + span_ms if heads else 0
+        while heads and len(out) < limit and heads[0][0] <= until:
             _, p = heapq.heappop(heads)
             queue = self._queues[p]
             out.append(queue.popleft()[1])

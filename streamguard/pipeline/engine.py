@@ -41,9 +41,10 @@ log = logging.getLogger(__name__)
 Changeset = dict[int, Changes]  # shard -> its state changes in this transaction
 
 TXN_TIMEOUT_S = 30.0
-ALIGN_IDLE_MS = 500.0  # how long a lagging input partition may hold the event-time merge back
+ALIGN_IDLE_MS = 1000.0  # how long a lagging input partition may hold the event-time merge back
 BURST_HOLD_MS = 250.0  # how long the merge waits for every partition's first fetch after a quiet spell
-PARTITION_BUFFER = 2000  # an input partition is paused while the aligner holds more of it
+PARTITION_BUFFER = 50_000  # an input partition is paused while the aligner holds more of it (memory bound)
+READ_AHEAD = 2000  # records librdkafka fetches ahead per partition
 RESTORE_TIMEOUT_S = 600.0
 
 
@@ -127,7 +128,7 @@ class Engine:
             while not stop.is_set():
                 self._aligner.add(self._poll(consumer))
                 self._pause_full(consumer)
-                batch = self._aligner.release(self._settings.batch_max_events)
+                batch = self._aligner.release(self._settings.batch_max_events, self._settings.batch_max_span_ms)
                 if batch:
                     self._transact(consumer, producer, batch)
         finally:
@@ -389,7 +390,7 @@ class Engine:
             "fetch.wait.max.ms": 10,
             # A small read-ahead per partition, so that every partition's next records are at hand
             # for the event-time merge instead of one partition's backlog filling the queue.
-            "queued.min.messages": PARTITION_BUFFER,
+            "queued.min.messages": READ_AHEAD,
             "queued.max.messages.kbytes": 4096,
             "session.timeout.ms": 10_000,
             "heartbeat.interval.ms": 1_000,

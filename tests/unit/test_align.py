@@ -37,7 +37,7 @@ def test_partitions_fetched_unevenly_come_out_in_event_time_and_as_prefixes():
         chunk = parts[p][fetched[p] : fetched[p] + rng.randrange(1, 300)]
         fetched[p] += len(chunk)
         aligner.add(chunk)
-        out += aligner.release(500)
+        out += aligner.release(500, 10**12)
     times = [event_ts(r.value, NOW) for r in out]
     assert times == sorted(times) and len(out) == 3000
     for p, records in parts.items():
@@ -50,11 +50,11 @@ def test_a_lagging_partition_holds_the_merge_back_only_for_a_while():
     aligner.assign([("events.login", 0), ("events.device", 0)])
     started = time.monotonic()
     aligner.add([_record("events.device", 0, 0, NOW - 5000)])
-    released = aligner.release(100)
+    released = aligner.release(100, 10**12)
     while not released:  # the engine's loop: poll (nothing from the lagging partition), release
         time.sleep(0.02)
         aligner.add([])
-        released = aligner.release(100)
+        released = aligner.release(100, 10**12)
     assert 0.2 <= time.monotonic() - started < 1.0
 
 
@@ -67,16 +67,16 @@ def test_records_without_a_usable_ts_and_internal_records_pass_at_once():
         Incoming("sg.shards", 0, 0, None, b"\x93"),
     ]
     aligner.add(odd)
-    assert aligner.release(100) == odd
+    assert aligner.release(100, 10**12) == odd
 
 
 def test_after_a_quiet_spell_the_merge_waits_for_the_first_fetches():
     aligner = Aligner(INPUTS, lambda p: False, idle_ms=0, burst_hold_ms=50)
     aligner.assign([("events.login", 0)])
     aligner.add([_record("events.login", 0, 0, NOW - 1000)])
-    assert aligner.release(10) == []
+    assert aligner.release(10, 10**12) == []
     time.sleep(0.06)
-    assert len(aligner.release(10)) == 1
+    assert len(aligner.release(10, 10**12)) == 1
 
 
 def test_unreleased_records_are_given_back_by_their_first_offsets():
