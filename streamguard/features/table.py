@@ -26,6 +26,7 @@ def entity_id(spec: FeatureSpec) -> str:
 
 class EntityFeatures:
     def __init__(self, features: list[FeatureSpec], lateness_ms: int) -> None:
+        self._lateness_ms = lateness_ms
         self.by_entity: dict[str, list[CompiledFeature]] = defaultdict(list)
         self._by_state_key: dict[bytes, CompiledFeature] = {}
         for spec in features:
@@ -55,7 +56,12 @@ class EntityFeatures:
         fingerprint: str | None,
         windows: WindowCache,
     ) -> dict[str, float]:
-        """Count `event` in the entity's windows it belongs to; every feature of the entity's value at `event.ts`."""
+        """Count `event` in the entity's windows it belongs to; every feature of the entity's value at `event.ts`.
+
+        An event later than the allowed lateness is not counted, and is judged
+        on the oldest window kept whole (at the newest time minus the lateness):
+        the ring no longer holds its own.
+        """
         kind = event_type(event)
         values = {}
         for compiled in self.by_entity[eid]:
@@ -64,7 +70,7 @@ class EntityFeatures:
             if compiled.updates_on(event, kind, fingerprint):
                 window.add(event.ts, compiled.reads(event, fingerprint))
                 windows.changed(store, key)
-            values[compiled.spec.name] = window.value(event.ts)
+            values[compiled.spec.name] = window.value(max(event.ts, window.newest_ts() - self._lateness_ms))
         return values
 
     def sweep(self, store: PartitionStore, after: bytes, watermark_ts: int, limit: int) -> bytes:
