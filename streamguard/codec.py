@@ -128,16 +128,24 @@ class MergeItem(msgspec.Struct, frozen=True, tag="m", array_like=True):
     entity_digest: bytes = b""  # the entity's keyed hash, for verdict details and list lookups
 
 
+class ProgressItem(msgspec.Struct, frozen=True, tag="p", array_like=True):
+    """How far in event time `sender` has read its inputs: its peers keep within a span of it."""
+
+    sender: str
+    ts: int
+
+
 ShardItem = DecideItem | ApplyItem | MergeItem
+RecordItem = ShardItem | ProgressItem  # what a shards-topic record carries
 _shard_encoder: Final = msgspec.msgpack.Encoder()
-_shard_decoder: Final = msgspec.msgpack.Decoder(list[ShardItem])
+_shard_decoder: Final = msgspec.msgpack.Decoder(list[RecordItem])
 
 
-def encode_shard(items: list[ShardItem]) -> bytes:
+def encode_shard(items: list[RecordItem]) -> bytes:
     return _shard_encoder.encode(items)
 
 
-def decode_shard(raw: bytes) -> list[ShardItem]:
+def decode_shard(raw: bytes) -> list[RecordItem]:
     return _shard_decoder.decode(raw)
 
 

@@ -66,6 +66,7 @@ class Aligner:
         self._passing: list[Incoming] = []
         self._empty_since: dict[Partition, float] = {}  # lagging partitions with nothing buffered
         self._partitions: set[Partition] = set()  # the assigned input partitions
+        self.released_ts = 0  # the newest event time released: how far this worker has read
 
     def __len__(self) -> int:
         return len(self._passing) + sum(len(q) for q in self._queues.values())
@@ -100,14 +101,16 @@ class Aligner:
             else:
                 self._queues.setdefault((record.topic, record.partition), deque()).append((ts, record))
 
-    def release(self, limit: int, span_ms: int) -> list[Incoming]:
+    def release(self, limit: int, span_ms: int, horizon_ts: int | None = None) -> list[Incoming]:
         """Up to `limit` records within `span_ms` of event time, in event-time order across partitions.
 
         Maybe none while a partition lags. The span bounds how far one batch
         runs ahead in event time of the work it sends to other workers (which
         they do a transaction later): in a replay, a batch of many minutes of
         history would decide its later events before its earlier ones reached
-        their entities on other workers. Live traffic spans far less.
+        their entities on other workers. Live traffic spans far less. Nothing
+        past `horizon_ts` is released (how far the slowest peer has read, plus
+        the span), so that one worker does not run ahead of the others.
         """
         out, self._passing = self._passing[:limit], self._passing[limit:]
         if time.monotonic() < self._hold_until or self._blocked():
@@ -115,10 +118,13 @@ class Aligner:
         heads = [(q[0][0], p) for p, q in self._queues.items() if q]
         heapq.heapify(heads)
         until = heads[0][0] + span_ms if heads else 0
+        if horizon_ts is not None:
+            until = min(until, horizon_ts)
         while heads and len(out) < limit and heads[0][0] <= until:
-            _, p = heapq.heappop(heads)
+            ts, p = heapq.heappop(heads)
             queue = self._queues[p]
             out.append(queue.popleft()[1])
+            self.released_ts = max(self.released_ts, ts)
             if queue:
                 heapq.heappush(heads, (queue[0][0], p))
             elif self._lagging(p):

@@ -23,7 +23,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from rocksdict import Cache
 
-from streamguard.codec import MAX_RECORD_BYTES, MergeItem, ShardItem, decode_shard
+from streamguard.codec import MAX_RECORD_BYTES, MergeItem, ProgressItem, RecordItem, ShardItem, decode_shard
 from streamguard.features.table import EntityFeatures
 from streamguard.pipeline.align import Aligner
 from streamguard.pipeline.ingest import Ingest, error_code
@@ -45,6 +45,7 @@ ALIGN_IDLE_MS = 1000.0  # how long a lagging input partition may hold the event-
 BURST_HOLD_MS = 250.0  # how long the merge waits for every partition's first fetch after a quiet spell
 PARTITION_BUFFER = 50_000  # an input partition is paused while the aligner holds more of it (memory bound)
 READ_AHEAD = 2000  # records librdkafka fetches ahead per partition
+PEER_SILENCE_S = 2.0  # a peer not heard from for this long does not hold this worker back
 RESTORE_TIMEOUT_S = 600.0
 
 
@@ -102,6 +103,7 @@ class Engine:
         self._consumer: Consumer | None = None
         self._start_offsets: dict[tuple[str, int], int] = {}  # where each input partition was taken up
         self._paused: set[tuple[str, int]] = set()
+        self._peers: dict[str, tuple[int, float]] = {}  # worker -> (event time it has read to, when heard)
         features_topic = settings.topic(settings.features_topic) if settings.features_topic else None
         self._work = ShardWork(
             names, features, detector, pseudonymizer, self._stores.__getitem__, self._recent.__getitem__, features_topic
@@ -128,7 +130,8 @@ class Engine:
             while not stop.is_set():
                 self._aligner.add(self._poll(consumer))
                 self._pause_full(consumer)
-                batch = self._aligner.release(self._settings.batch_max_events, self._settings.batch_max_span_ms)
+                span = self._settings.batch_max_span_ms
+                batch = self._aligner.release(self._settings.batch_max_events, span, self._peer_horizon(span))
                 if batch:
                     self._transact(consumer, producer, batch)
         finally:
@@ -191,12 +194,16 @@ class Engine:
         inputs: list[Incoming] = []
         for record in batch:
             if record.topic == self._names.shard_topic and record.value is not None:
-                wave.extend((record.partition, item) for item in decode_shard(record.value))
+                for item in decode_shard(record.value):
+                    if isinstance(item, ProgressItem):
+                        self._peers[item.sender] = (item.ts, time.monotonic())
+                    else:
+                        wave.append((record.partition, item))
             else:
                 inputs.append(record)
         outs, routed = self._ingest.process(inputs, now_ms)
         wave.extend((shard, item) for shard, items in routed.items() for item in items)
-        remote: dict[int, list[ShardItem]] = defaultdict(list)
+        remote: dict[int, list[RecordItem]] = defaultdict(list)
         touched: set[int] = set()
         result = Result()
         while wave:
@@ -212,6 +219,9 @@ class Engine:
             wave = [(target_shard(new, self._names.shards), new) for new in result.items]
             result.items.clear()
         outs += result.outs
+        if self._aligner.released_ts:  # tell every other shard's owner how far this worker has read
+            for shard in set(range(self._names.shards)) - set(self._stores):
+                remote[shard].append(ProgressItem(self._worker_id, self._aligner.released_ts))
         outs += [out for shard, items in remote.items() for out in self._ingest.shard_records(shard, items)]
         for shard in touched:
             self._work.expire(shard)
@@ -287,6 +297,12 @@ class Engine:
         self._paused -= {(tp.topic, tp.partition) for tp in partitions}
         self._close_stores([tp.partition for tp in partitions if tp.topic == self._names.shard_topic])
         self.stats.shards = sorted(self._stores)
+
+    def _peer_horizon(self, span_ms: int) -> int | None:
+        """How far this worker may read: the slowest peer heard from lately, plus `span_ms` (None: no peer)."""
+        now = time.monotonic()
+        heard = [ts for ts, seen in self._peers.values() if now - seen < PEER_SILENCE_S]
+        return min(heard) + span_ms if heard else None
 
     def _pause_full(self, consumer: Consumer) -> None:
         """Pause the input partitions the aligner holds much of; resume the rest."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
-from streamguard.codec import MAX_RECORD_BYTES, DecideItem, ShardItem, decode_event, encode_shard, shard_of
+from streamguard.codec import MAX_RECORD_BYTES, DecideItem, RecordItem, ShardItem, decode_event, encode_shard, shard_of
 from streamguard.errors import InvalidEvent
 from streamguard.events import DeadLetterHeader as H
 from streamguard.pipeline.records import Headers, Incoming, Outgoing
@@ -42,7 +42,7 @@ class Ingest:
             shards[shard_of(digest, self._names.shards)].append(DecideItem(digest, event))
         return dead, shards
 
-    def shard_records(self, shard: int, items: list[ShardItem]) -> list[Outgoing]:
+    def shard_records(self, shard: int, items: list[RecordItem]) -> list[Outgoing]:
         """The shards-topic records that carry `items` to the worker that owns `shard`: one, unless too big."""
         encoded = encode_shard(items)
         if len(encoded) <= MAX_RECORD_BYTES or len(items) == 1:

@@ -228,3 +228,16 @@ def test_a_price_paid_far_below_the_price_shown_is_amount_tampering(pipe):
 def test_verdicts_carry_the_ruleset_and_an_empty_reason_list_on_allow(pipe):
     verdict = pipe.run(pay(T0, "someone", 5_000))
     assert verdict["ruleset"] == "default@1" and verdict["reasons"] == [] and verdict["score"] == 0
+
+
+def test_money_out_from_a_device_that_never_ran_the_app_is_challenged_at_least(pipe):
+    verdict = pipe.run(pay(T0, "quiet", 300_000, kind="withdrawal", list_amount=None, device_id="script"))
+    assert "account_takeover.money_out_unattested_device" in [r["code"] for r in verdict["reasons"]]
+    assert verdict["decision"] != "allow"
+    pipe.run(report(T0, "own-phone", "saver"))
+    assert (
+        pipe.run(pay(T0 + 5 * S, "saver", 300_000, kind="withdrawal", list_amount=None, device_id="own-phone"))[
+            "decision"
+        ]
+        == "allow"
+    )
