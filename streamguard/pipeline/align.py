@@ -141,6 +141,10 @@ class Aligner:
         self._queues.clear()
         return first
 
+    def caught_up(self) -> bool:
+        """Nothing buffered and nothing more at the broker: this worker holds no one back."""
+        return not len(self) and not any(self._lagging(p) for p in self._partitions)
+
     def full(self, limit: int) -> list[Partition]:
         """The partitions with over `limit` records buffered: the consumer pauses them, so others get fetched."""
         return [p for p, q in self._queues.items() if len(q) > limit]

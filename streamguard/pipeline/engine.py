@@ -46,6 +46,7 @@ BURST_HOLD_MS = 250.0  # how long the merge waits for every partition's first fe
 PARTITION_BUFFER = 50_000  # an input partition is paused while the aligner holds more of it (memory bound)
 READ_AHEAD = 2000  # records librdkafka fetches ahead per partition
 PEER_SILENCE_S = 2.0  # a peer not heard from for this long does not hold this worker back
+CAUGHT_UP = 2**62  # the progress of a worker with nothing left to read: it holds no one back
 RESTORE_TIMEOUT_S = 600.0
 
 
@@ -188,7 +189,8 @@ class Engine:
         Work for shards this worker owns is done in this same transaction, and
         so is the work it leads to (with one worker, an event is decided in
         the transaction that read it); work for other shards travels to their
-        owners as one shards-topic record per shard.
+        owners as one shards-topic record per shard, with how far in event time
+        this worker has read its inputs (see `_peer_horizon`).
         """
         wave: list[tuple[int, ShardItem]] = []
         inputs: list[Incoming] = []
@@ -220,8 +222,9 @@ class Engine:
             result.items.clear()
         outs += result.outs
         if self._aligner.released_ts:  # tell every other shard's owner how far this worker has read
+            progress = CAUGHT_UP if self._aligner.caught_up() else self._aligner.released_ts
             for shard in set(range(self._names.shards)) - set(self._stores):
-                remote[shard].append(ProgressItem(self._worker_id, self._aligner.released_ts))
+                remote[shard].append(ProgressItem(self._worker_id, progress))
         outs += [out for shard, items in remote.items() for out in self._ingest.shard_records(shard, items)]
         for shard in touched:
             self._work.expire(shard)
