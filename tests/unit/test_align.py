@@ -86,3 +86,15 @@ def test_unreleased_records_are_given_back_by_their_first_offsets():
     aligner.add([_record("events.device", 1, 3, NOW - 1)])
     assert aligner.unreleased() == {("events.login", 0): 7, ("events.device", 1): 3}
     assert len(aligner) == 0
+
+
+def test_caught_up_means_nothing_buffered_and_nothing_more_at_the_broker():
+    more = {("events.login", 0): True}
+    aligner = Aligner(INPUTS, lambda p: more[p], idle_ms=0, burst_hold_ms=0)
+    aligner.assign([("events.login", 0)])
+    assert not aligner.caught_up()
+    more[("events.login", 0)] = False
+    aligner.add([_record("events.login", 0, 0, NOW - 1000)])
+    assert not aligner.caught_up()
+    aligner.release(10, 10**12)
+    assert aligner.caught_up() and aligner.released_ts == NOW - 1000
