@@ -39,7 +39,7 @@ class LocalPipeline:
         self.detector = Detector(Program(ruleset or load_ruleset(self.specs), self.specs), PSEUDO)
         features = EntityFeatures(self.specs, LATENESS_MS)
         self.work = ShardWork(
-            NAMES, features, self.detector, PSEUDO, lambda _: self.store, lambda _: self.recent, "features"
+            NAMES, features, self.detector, PSEUDO, lambda _: self.store, lambda _: self.recent, "features", 0.0
         )
 
     def close(self) -> None:

@@ -8,8 +8,10 @@ report, and the verdict would differ from the one live traffic got.
 `Aligner` buffers what the consumer polled, per input partition, and releases
 records in event-time order (a k-way merge on `ts`, as Kafka Streams does
 across a task's partitions). While a partition has nothing buffered but the
-broker holds more of it, nothing is released, for at most `idle_ms`; then the
-merge goes on without it. The lag of a partition is what the last fetch said;
+broker holds more of it, nothing newer than the last event time it gave is
+released (a partition is in event-time order, near enough), and nothing at
+all if it gave none yet, for at most `idle_ms`; then the merge goes on
+without it. The lag of a partition is what the last fetch said;
 when records come after a quiet spell (a burst, a replay starting), nothing is
 released for `burst_hold_ms`, the time for every partition's fetch to answer.
 Per partition, what is released is always a prefix of what was polled, so
@@ -67,6 +69,7 @@ class Aligner:
         self._empty_since: dict[Partition, float] = {}  # lagging partitions with nothing buffered
         self._partitions: set[Partition] = set()  # the assigned input partitions
         self.released_ts = 0  # the newest event time released: how far this worker has read
+        self._last_ts: dict[Partition, int] = {}  # per partition, the ts of the last record polled
 
     def __len__(self) -> int:
         return len(self._passing) + sum(len(q) for q in self._queues.values())
@@ -79,6 +82,7 @@ class Aligner:
         for p in partitions:
             self._partitions.discard(p)
             self._queues.pop(p, None)
+            self._last_ts.pop(p, None)
         self._passing = [r for r in self._passing if (r.topic, r.partition) not in set(partitions)]
 
     def add(self, records: list[Incoming]) -> None:
@@ -99,7 +103,9 @@ class Aligner:
             if ts < 0:
                 self._passing.append(record)
             else:
-                self._queues.setdefault((record.topic, record.partition), deque()).append((ts, record))
+                key = (record.topic, record.partition)
+                self._queues.setdefault(key, deque()).append((ts, record))
+                self._last_ts[key] = ts
 
     def release(self, limit: int, span_ms: int, horizon_ts: int | None = None) -> list[Incoming]:
         """Up to `limit` records within `span_ms` of event time, in event-time order across partitions.
@@ -113,11 +119,14 @@ class Aligner:
         the span), so that one worker does not run ahead of the others.
         """
         out, self._passing = self._passing[:limit], self._passing[limit:]
-        if time.monotonic() < self._hold_until or self._blocked():
-            return out
         heads = [(q[0][0], p) for p, q in self._queues.items() if q]
+        if not heads or time.monotonic() < self._hold_until:
+            return out
         heapq.heapify(heads)
-        until = heads[0][0] + span_ms if heads else 0
+        until = self._bound(heads[0][0])
+        if until is None:
+            return out
+        until = min(until, heads[0][0] + span_ms)
         if horizon_ts is not None:
             until = min(until, horizon_ts)
         while heads and len(out) < limit and heads[0][0] <= until:
@@ -128,7 +137,7 @@ class Aligner:
             if queue:
                 heapq.heappush(heads, (queue[0][0], p))
             elif self._lagging(p):
-                break  # its next records may be older than the other heads: wait for them
+                until = min(until, self._last_ts[p])  # its next records are no older than its last
         return out
 
     def unreleased(self) -> dict[Partition, int]:
@@ -139,6 +148,7 @@ class Aligner:
             first[key] = min(first.get(key, record.offset), record.offset)
         self._passing.clear()
         self._queues.clear()
+        self._last_ts.clear()
         return first
 
     def caught_up(self) -> bool:
@@ -149,14 +159,25 @@ class Aligner:
         """The partitions with over `limit` records buffered: the consumer pauses them, so others get fetched."""
         return [p for p, q in self._queues.items() if len(q) > limit]
 
-    def _blocked(self) -> bool:
-        """Whether an empty partition the broker has more of holds the merge back (each for `idle_ms` at most)."""
+    def _bound(self, oldest_head: int) -> int | None:
+        """The newest event time that may go now (None: nothing, yet).
+
+        A partition with nothing buffered that the broker has more of bounds
+        the merge at the last event time it gave (its next records are no
+        older, a partition being in order); one that gave nothing yet, or
+        nothing as old as the oldest head, holds everything back, for
+        `idle_ms` at most.
+        """
         now = time.monotonic()
-        blocked = False
+        bound: int | None = 2**62
         for p in self._partitions:
             if self._queues.get(p) or not self._lagging(p):
                 self._empty_since.pop(p, None)
                 continue
-            since = self._empty_since.setdefault(p, now)
-            blocked = blocked or now - since < self._idle_s
-        return blocked
+            last = self._last_ts.get(p, -1)
+            if last >= oldest_head:
+                bound = None if bound is None else min(bound, last)
+                continue
+            if now - self._empty_since.setdefault(p, now) < self._idle_s:
+                bound = None
+        return bound

@@ -20,6 +20,7 @@ when it owns the target shard, through the shards topic otherwise.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -38,6 +39,7 @@ from streamguard.topics.names import TopicNames
 from streamguard.verdicts import Detector
 
 EXPIRE_PER_BATCH = 2000
+EXPIRE_EVERY_S = 1.0  # a sweep reads and decodes thousands of windows: not every (small) batch
 # A device's fingerprint is remembered this long (event time) after its last report.
 FINGERPRINT_MEMORY_MS = 24 * 3_600_000
 
@@ -73,6 +75,7 @@ class ShardWork:
         store_of: Callable[[int], PartitionStore],
         recent_of: Callable[[int], RecentIds],
         features_topic: str | None = None,
+        expire_every_s: float = EXPIRE_EVERY_S,
     ) -> None:
         self._names = names
         self._features = features
@@ -86,6 +89,8 @@ class ShardWork:
         self._newest_ts: dict[int, int] = {}  # shard -> newest event time counted there
         self._sweep_cursor: dict[int, bytes] = {}
         self._fingerprint_cursor: dict[int, bytes] = {}
+        self._last_expire: dict[int, float] = {}  # shard -> time.monotonic() of its last sweep
+        self._expire_every_s = expire_every_s
 
     def handle(self, shard: int, item: ShardItem, now_ms: int, result: Result) -> None:
         if isinstance(item, DecideItem):
@@ -96,7 +101,11 @@ class ShardWork:
             self._merge(shard, item, now_ms, result)
 
     def expire(self, shard: int) -> None:
-        """Forget, a bounded amount per batch, the ids and the windows of `shard` that are past use."""
+        """Forget, a bounded amount at most once a second, the ids and the windows of `shard` that are past use."""
+        now = time.monotonic()
+        if now - self._last_expire.get(shard, -1e9) < self._expire_every_s:
+            return
+        self._last_expire[shard] = now
         self._recent_of(shard).expire(EXPIRE_PER_BATCH)
         watermark = self._newest_ts.get(shard, 0)
         if watermark:
