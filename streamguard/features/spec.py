@@ -132,10 +132,9 @@ def problems(feature: FeatureSpec, lateness_ms: int) -> list[str]:
     found = []
     if not _NAME.match(feature.name):
         found.append("`name` must be snake_case, starting with a letter")
-    unknown = [e for e in feature.events if e not in EVENT_TYPES]
-    if unknown or not feature.events:
-        found.append(f"`events` must list event types of {list(EVENT_TYPES)}, not {unknown or '[]'}")
-        return found
+    events_problem = event_types_problem(feature.events)
+    if events_problem:
+        return [*found, events_problem]
     found += _field_problems(feature)
     try:
         window, resolution = feature.window_ms, feature.resolution_ms
@@ -154,11 +153,19 @@ def problems(feature: FeatureSpec, lateness_ms: int) -> list[str]:
     return found
 
 
+def event_types_problem(events: list[str]) -> str | None:
+    """What is wrong with a declaration's `events` list (None: nothing)."""
+    unknown = [e for e in events if e not in EVENT_TYPES]
+    if unknown or not events:
+        return f"`events` must list event types of {list(EVENT_TYPES)}, not {unknown or '[]'}"
+    return None
+
+
 def _field_problems(feature: FeatureSpec) -> list[str]:
     found = []
     entity_field = ENTITY_FIELD[feature.entity]
     for kind in feature.events:
-        fields = _fields(kind)
+        fields = event_fields(kind)
         if entity_field is not None and entity_field not in fields:
             found.append(f"`entity` {feature.entity!r}: {kind} events have no `{entity_field}`")
         source = DERIVED.get(feature.field, feature.field) if feature.field else None
@@ -174,6 +181,6 @@ def _field_problems(feature: FeatureSpec) -> list[str]:
     return found
 
 
-def _fields(kind: str) -> set[str]:
+def event_fields(kind: str) -> set[str]:
     info: Any = msgspec.inspect.type_info(EVENT_CLASSES[kind])
     return {f.name for f in info.fields}

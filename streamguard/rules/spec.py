@@ -40,7 +40,7 @@ from msgspec import Meta
 
 from streamguard.errors import ConfigError
 from streamguard.events import EVENT_TYPES
-from streamguard.features.spec import ENTITY_FIELD, FeatureSpec, _fields
+from streamguard.features.spec import ENTITY_FIELD, FeatureSpec, event_fields, event_types_problem
 from streamguard.rules.facts import FACTS
 
 Op = Literal[">=", ">", "<=", "<", "==", "!="]
@@ -156,9 +156,9 @@ def _rule_problems(rule: Rule, features: dict[str, FeatureSpec]) -> list[str]:
     found = []
     if not _CODE.match(rule.code):
         found.append("`code` must be `<family>.<detail>` in snake_case")
-    unknown = [e for e in rule.events if e not in EVENT_TYPES]
-    if unknown or not rule.events:
-        found.append(f"`events` must list event types of {list(EVENT_TYPES)}, not {unknown or '[]'}")
+    events_problem = event_types_problem(rule.events)
+    if events_problem:
+        found.append(events_problem)
     if not rule.when:
         found.append("`when` needs at least one condition")
     for j, condition in enumerate(rule.when):
@@ -178,7 +178,7 @@ def _input_problems(name: str, events: list[str], features: dict[str, FeatureSpe
         return [
             f"{name!r} is counted per {spec.entity}, and {kind} events have no `{entity_field}`"
             for kind in events
-            if kind in EVENT_TYPES and entity_field is not None and entity_field not in _fields(kind)
+            if kind in EVENT_TYPES and entity_field is not None and entity_field not in event_fields(kind)
         ]
     fact = FACTS.get(name)
     if fact is None:
