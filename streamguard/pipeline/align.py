@@ -79,11 +79,12 @@ class Aligner:
 
     def revoke(self, partitions: list[Partition]) -> None:
         """Forget revoked partitions and what is buffered of them (their new owner reads it again)."""
-        for p in partitions:
+        gone = set(partitions)
+        for p in gone:
             self._partitions.discard(p)
             self._queues.pop(p, None)
             self._last_ts.pop(p, None)
-        self._passing = [r for r in self._passing if (r.topic, r.partition) not in set(partitions)]
+        self._passing = [r for r in self._passing if (r.topic, r.partition) not in gone]
 
     def add(self, records: list[Incoming]) -> None:
         now = time.monotonic()
