@@ -32,14 +32,22 @@ NAMES = TopicNames.resolve(load_specs("", "sg"), "", "sg")
 
 
 class LocalPipeline:
-    def __init__(self, directory: Path, ruleset: Ruleset | None = None) -> None:
+    def __init__(self, directory: Path, ruleset: Ruleset | None = None, features_topic: bool = True) -> None:
+        """`features_topic` False is a worker's default: only the features the rules look at are computed."""
         self.specs = load_features(LATENESS_MS)
         self.store = PartitionStore(directory / "store", StoreOptions().to_options(Cache(1 << 20)))
         self.recent = RecentIds(self.store, 3_600_000)
         self.detector = Detector(Program(ruleset or load_ruleset(self.specs), self.specs), PSEUDO)
         features = EntityFeatures(self.specs, LATENESS_MS)
         self.work = ShardWork(
-            NAMES, features, self.detector, PSEUDO, lambda _: self.store, lambda _: self.recent, "features", 0.0
+            NAMES,
+            features,
+            self.detector,
+            PSEUDO,
+            lambda _: self.store,
+            lambda _: self.recent,
+            "features" if features_topic else None,
+            0.0,
         )
 
     def close(self) -> None:
@@ -53,14 +61,14 @@ class LocalPipeline:
             self.work.handle(0, queue.pop(0), now_ms, result)
             queue += result.items
             result.items.clear()
-        self.work.windows.flush()
+        self.work.flush()
         self.work.expire(0)
         self.store.apply(self.store.take_changes(), 0)
         records = {o.topic: json.loads(o.value) for o in result.outs}
         if not records:
             return {}
         verdict = next(v for topic, v in records.items() if topic.startswith("verdicts."))
-        return {**verdict, "features": records["features"]["features"]}
+        return {**verdict, "features": records["features"]["features"]} if "features" in records else verdict
 
     def codes(self, event: AnyEvent) -> list[str]:
         """The reason codes of `event`'s verdict."""

@@ -36,6 +36,11 @@ class NaiveRing:
             newest[b % self.slots] = max(newest.get(b % self.slots, -1), b)
         return [(b, v) for b, v in self.events if newest[b % self.slots] == b]
 
+    def newest_ts(self) -> int:
+        """The last ms of the newest bucket still held (-1: none)."""
+        live = self.live()
+        return max(b for b, _ in live) * self.resolution + self.resolution - 1 if live else -1
+
     def in_window(self, ts: int, window_buckets: int) -> list[tuple[int, float]]:
         newest = ts // self.resolution
         return [(b, v) for b, v in self.live() if newest - window_buckets + 1 <= b <= newest]

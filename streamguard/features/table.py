@@ -7,7 +7,9 @@ it the store of the partition and the event; entities arrive pseudonymised.
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
+from collections.abc import Set
 
 from streamguard.codec import event_type
 from streamguard.events import AnyEvent
@@ -29,6 +31,7 @@ class EntityFeatures:
         self._lateness_ms = lateness_ms
         self.by_entity: dict[str, list[CompiledFeature]] = defaultdict(list)
         self._by_state_key: dict[bytes, CompiledFeature] = {}
+        self._plans: dict[tuple[str, str, Set[str] | None], list[tuple[CompiledFeature, bool, bool]]] = {}
         for spec in features:
             compiled = CompiledFeature.of(spec, lateness_ms)
             self.by_entity[entity_id(spec)].append(compiled)
@@ -55,46 +58,74 @@ class EntityFeatures:
         event: AnyEvent,
         fingerprint: str | None,
         windows: WindowCache,
+        read: Set[str] | None = None,
     ) -> dict[str, float]:
-        """Count `event` in the entity's windows it belongs to; every feature of the entity's value at `event.ts`.
+        """Count `event` in the entity's windows it belongs to; the values at `event.ts` of the features in `read`.
 
+        `read` None reads every feature of the entity. Windows that neither
+        count this type of event nor are read are not touched at all.
         An event later than the allowed lateness is not counted, and is judged
         on the oldest window kept whole (at the newest time minus the lateness):
         the ring no longer holds its own.
         """
         kind = event_type(event)
         values = {}
-        for compiled in self.by_entity[eid]:
+        for compiled, counts, wanted in self._plan(eid, kind, read):
             key = keys.feature(compiled.state_key, digest)
             window = windows.get(store, key, compiled)
-            if compiled.updates_on(event, kind, fingerprint):
+            if counts and compiled.updates_on(event, kind, fingerprint):
                 window.add(event.ts, compiled.reads(event, fingerprint))
                 windows.changed(store, key)
-            values[compiled.spec.name] = window.value(max(event.ts, window.newest_ts() - self._lateness_ms))
+            if wanted:
+                values[compiled.spec.name] = window.value(max(event.ts, window.newest_ts() - self._lateness_ms))
         return values
 
-    def sweep(self, store: PartitionStore, after: bytes, watermark_ts: int, limit: int) -> bytes:
+    def _plan(self, eid: str, kind: str, read: Set[str] | None) -> list[tuple[CompiledFeature, bool, bool]]:
+        """The entity's features an event of `kind` touches: each with whether it may count it, and is read."""
+        plan = self._plans.get((eid, kind, read))
+        if plan is None:
+            plan = []
+            for compiled in self.by_entity[eid]:
+                counts, wanted = kind in compiled.spec.events, read is None or compiled.spec.name in read
+                if counts or wanted:
+                    plan.append((compiled, counts, wanted))
+            self._plans[(eid, kind, read)] = plan
+        return plan
+
+    def sweep(self, store: PartitionStore, windows: WindowCache, after: bytes, watermark_ts: int, limit: int) -> bytes:
         """Delete up to `limit` windows past use, scanning from the key `after`; where to go on from.
 
         A window is past use when its newest data is further behind the newest
         event of its shard (`watermark_ts`) than its span plus the lateness;
-        windows of features no longer declared are deleted too. The returned
-        cursor wraps to the start once the end is reached.
+        windows of features no longer declared are deleted too, and dropped
+        from `windows`. Call it after `windows.flush()`. The returned cursor
+        wraps to the start once the end is reached.
         """
         scanned = store.items_from(after, keys.FEATURE_END, limit)
         for key, raw in scanned:
             compiled = self._by_state_key.get(keys.state_key_of_feature(key))
+            if key in store.pending:  # written in this transaction (`flush` comes first): in use
+                continue
             if compiled is None or compiled.window(raw).newest_ts() < watermark_ts - compiled.lifetime_ms:
                 store.delete(key)
+                windows.forget(store, key)
         if len(scanned) < limit:
             return keys.FEATURE
         return scanned[-1][0] + b"\x00"
 
 
 class WindowCache:
-    """The windows a transaction touched: read and decoded once, written back once (`flush`)."""
+    """Decoded windows, kept between transactions; the changed ones are written back once per transaction.
 
-    def __init__(self) -> None:
+    A window is read from the store and decoded the first time it is needed,
+    and kept (up to `capacity`, the least recently written first out) so that
+    an active entity costs neither a RocksDB read nor a decode per event.
+    What it holds is the committed state plus the open transaction's changes:
+    after an abort, a restore or a change of partitions it must be `clear`ed.
+    """
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self._capacity = capacity
         self._windows: dict[tuple[int, bytes], Window] = {}
         self._changed: dict[tuple[int, bytes], tuple[PartitionStore, bytes]] = {}
 
@@ -108,11 +139,22 @@ class WindowCache:
     def changed(self, store: PartitionStore, key: bytes) -> None:
         self._changed[(id(store), key)] = (store, key)
 
+    def forget(self, store: PartitionStore, key: bytes) -> None:
+        """Drop a window the store deleted."""
+        self._windows.pop((id(store), key), None)
+
     def flush(self) -> None:
-        """Write the changed windows into their stores' pending writes, and forget everything."""
+        """Write the changed windows into their stores' pending writes; keep at most `capacity` windows."""
+        windows = self._windows
         for slot, (store, key) in self._changed.items():
-            store.put(key, self._windows[slot].to_bytes())
-        self.clear()
+            window = windows.pop(slot)
+            store.put(key, window.to_bytes())
+            windows[slot] = window  # to the back of the eviction order
+        self._changed.clear()
+        excess = len(windows) - self._capacity
+        if excess > 0:
+            for slot in list(itertools.islice(windows, excess)):
+                del windows[slot]
 
     def clear(self) -> None:
         self._windows.clear()

@@ -51,7 +51,7 @@ class SumWindow:
         return self.starts.tobytes() + self.values.tobytes()
 
     def newest_ts(self) -> int:
-        return _newest(self.starts, self.resolution)
+        return int(k.ring_newest(self.starts, self.resolution))
 
 
 class ExtremeWindow(SumWindow):
@@ -130,7 +130,7 @@ class DistinctWindow:
         return result != -2
 
     def newest_ts(self) -> int:
-        return _newest(self.starts, self.resolution)
+        return int(k.ring_newest(self.starts, self.resolution))
 
     def _to_estimate(self) -> None:
         self.registers = np.zeros((self.starts.shape[0], k.HLL_REGISTERS), np.uint8)
@@ -153,22 +153,22 @@ class DistinctWindow:
 class SinceLastWindow:
     """Seconds from the entity's newest earlier event to `ts` (NaN if none).
 
-    `value` right after `add` of the same event reports the gap to the event
+    `value` at the `ts` of the event just added reports the gap to the event
     before it; otherwise the gap to the newest event counted so far.
     """
 
     def __init__(self, raw: bytes | None = None) -> None:
         self.last = -1 if raw is None else int(np.frombuffer(raw, np.int64, 1)[0])
-        self._before: int | None = None  # the newest ts before the event just added
+        self._added: tuple[int, int] | None = None  # (ts of the event just added, the newest ts before it)
 
     def add(self, ts: int, value: float | int) -> bool:
-        self._before = self.last
+        self._added = (ts, self.last)
         self.last = max(self.last, ts)
         return True
 
     def value(self, ts: int) -> float:
-        previous = self.last if self._before is None else self._before
-        self._before = None
+        added, self._added = self._added, None
+        previous = added[1] if added is not None and added[0] == ts else self.last
         return math.nan if previous < 0 else max(0.0, (ts - previous) / 1000)
 
     def to_bytes(self) -> bytes:
@@ -176,8 +176,3 @@ class SinceLastWindow:
 
     def newest_ts(self) -> int:
         return self.last
-
-
-def _newest(starts: np.ndarray, resolution: int) -> int:
-    newest = int(starts.max())
-    return -1 if newest < 0 else (newest + 1) * resolution - 1

@@ -56,6 +56,16 @@ def ring_extreme(starts: np.ndarray, values: np.ndarray, ts: int, resolution: in
 
 
 @njit(cache=True)
+def ring_newest(starts: np.ndarray, resolution: int) -> int:
+    """The last ms of the newest bucket the ring holds; -1 for an empty ring."""
+    newest = EMPTY
+    for i in range(starts.shape[0]):
+        if starts[i] > newest:
+            newest = starts[i]
+    return EMPTY if newest < 0 else (newest + 1) * resolution - 1
+
+
+@njit(cache=True)
 def window_bounds(ts: int, resolution: int, window_buckets: int) -> tuple[int, int]:
     """The oldest and newest bucket of the window that ends with the bucket of `ts`."""
     newest = ts // resolution
@@ -211,6 +221,7 @@ def warm_up() -> None:
     starts, values = np.full(4, EMPTY, np.int64), np.zeros(4, np.float64)
     hashes, masks = np.zeros(2, np.int64), np.zeros(2, np.uint64)
     ring_slot(starts, 1, 1)
+    ring_newest(starts, 1)
     window_bounds(1, 1, 2)
     ring_add(starts, values, 1, 1, 1.0)
     ring_extreme(starts, values, 1, 1, 1.0, True)
@@ -226,6 +237,7 @@ def warm_up() -> None:
 
 KERNELS = (
     ring_slot,
+    ring_newest,
     window_bounds,
     ring_add,
     ring_extreme,

@@ -57,6 +57,15 @@ _pending_decoder = msgspec.msgpack.Decoder(Pending)
 
 
 @dataclass
+class _Waiting:
+    """A pending event as the open transaction has it: None once decided; whether the store holds it."""
+
+    store: PartitionStore
+    pending: Pending | None
+    stored: bool
+
+
+@dataclass
 class Result:
     """What handling items produced: more items, records to publish, duplicates dropped."""
 
@@ -85,7 +94,10 @@ class ShardWork:
         self._recent_of = recent_of
         self._features_topic = features_topic
         self._resolves_fingerprints = "fingerprint" in features.by_entity
-        self.windows = WindowCache()  # flushed into the stores before each commit; cleared on abort
+        self.windows = WindowCache()  # flushed into the stores before each commit; cleared on abort and rebalance
+        # Events waiting for their entities' values, as this transaction left them: most are
+        # decided within the transaction that read them and never reach the store.
+        self._waiting: dict[bytes, _Waiting] = {}
         self._newest_ts: dict[int, int] = {}  # shard -> newest event time counted there
         self._sweep_cursor: dict[int, bytes] = {}
         self._fingerprint_cursor: dict[int, bytes] = {}
@@ -100,6 +112,21 @@ class ShardWork:
         else:
             self._merge(shard, item, now_ms, result)
 
+    def flush(self) -> None:
+        """Write what this transaction changed into the stores' pending writes (before taking the changes)."""
+        self.windows.flush()
+        for key, waiting in self._waiting.items():
+            if waiting.pending is not None:
+                waiting.store.put(key, _pending_encoder.encode(waiting.pending))
+            elif waiting.stored:
+                waiting.store.delete(key)
+        self._waiting.clear()
+
+    def clear(self) -> None:
+        """Forget what an aborted transaction did (and any window cached from before a rebalance)."""
+        self.windows.clear()
+        self._waiting.clear()
+
     def expire(self, shard: int) -> None:
         """Forget, a bounded amount at most once a second, the ids and the windows of `shard` that are past use."""
         now = time.monotonic()
@@ -111,7 +138,7 @@ class ShardWork:
         if watermark:
             store = self._store_of(shard)
             cursor = self._sweep_cursor.get(shard, keys.FEATURE)
-            self._sweep_cursor[shard] = self._features.sweep(store, cursor, watermark, EXPIRE_PER_BATCH)
+            self._sweep_cursor[shard] = self._features.sweep(store, self.windows, cursor, watermark, EXPIRE_PER_BATCH)
             self._forget_fingerprints(shard, store, watermark - FINGERPRINT_MEMORY_MS)
 
     def _forget_fingerprints(self, shard: int, store: PartitionStore, before_ts: int) -> None:
@@ -141,7 +168,7 @@ class ShardWork:
         if not expected:
             self._publish(event, {}, {}, now_ms, result)
             return
-        self._store_of(shard).put(keys.pending(item.digest), _pending_encoder.encode(Pending(event, expected)))
+        self._waiting[keys.pending(item.digest)] = _Waiting(self._store_of(shard), Pending(event, expected), False)
         for eid, entity_digest in entities.items():
             result.items.append(
                 ApplyItem(item.digest, eid, entity_digest, event, reported, resolve and eid == "device_id")
@@ -158,7 +185,10 @@ class ShardWork:
             elif item.resolve_fingerprint:
                 known = store.get(key)
                 fingerprint = None if known is None else known[8:].decode()
-        values = self._features.apply(store, item.entity, item.entity_digest, item.event, fingerprint, self.windows)
+        read = None if self._features_topic else self._detector.program.features_read(event_type(item.event))
+        values = self._features.apply(
+            store, item.entity, item.entity_digest, item.event, fingerprint, self.windows, read
+        )
         result.items.append(MergeItem(item.digest, item.entity, values, item.entity_digest))
         if item.resolve_fingerprint:
             if fingerprint is None:
@@ -168,21 +198,24 @@ class ShardWork:
                 result.items.append(ApplyItem(item.digest, "fingerprint", digest, item.event, fingerprint))
 
     def _merge(self, shard: int, item: MergeItem, now_ms: int, result: Result) -> None:
-        store = self._store_of(shard)
         key = keys.pending(item.digest)
-        raw = store.get(key)
-        if raw is None:
-            return  # cannot happen with transactions; nothing to attach the values to
-        pending = _pending_decoder.decode(raw)
+        waiting = self._waiting.get(key)
+        if waiting is None:
+            store = self._store_of(shard)
+            raw = store.get(key)
+            if raw is None:
+                return  # cannot happen with transactions; nothing to attach the values to
+            waiting = self._waiting[key] = _Waiting(store, _pending_decoder.decode(raw), True)
+        pending = waiting.pending
+        if pending is None:
+            return  # decided already: cannot happen, an entity answers once
         pending.values.update(item.values)
         pending.received.append(item.entity)
         if item.entity_digest:
             pending.entities[item.entity] = item.entity_digest
-        if set(pending.received) >= set(pending.expected):
-            store.delete(key)
+        if len(pending.received) >= len(pending.expected) and set(pending.received) >= set(pending.expected):
+            waiting.pending = None
             self._publish(pending.event, pending.values, pending.entities, now_ms, result)
-        else:
-            store.put(key, _pending_encoder.encode(pending))
 
     # --- helpers -------------------------------------------------------------------
 

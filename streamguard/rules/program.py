@@ -75,6 +75,11 @@ class Program:
             kind: Checks.of([rule for rule in enabled if kind in rule.events], specs)
             for kind in {kind for rule in enabled for kind in rule.events}
         }
+        self._inputs = {kind: frozenset(checks.features) for kind, checks in self._checks.items()}
+
+    def features_read(self, kind: str) -> frozenset[str]:
+        """The features the rules for events of `kind` look at: all an entity's shard needs to compute."""
+        return self._inputs.get(kind, frozenset())
 
     def evaluate(
         self,

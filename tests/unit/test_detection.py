@@ -27,7 +27,7 @@ def eid() -> str:
 
 @pytest.fixture
 def pipe(tmp_path: Path):
-    local = LocalPipeline(tmp_path)
+    local = LocalPipeline(tmp_path, features_topic=False)  # as a worker runs by default
     yield local
     local.close()
 

@@ -132,10 +132,10 @@ def test_windows_past_use_and_of_undeclared_features_are_swept_a_bounded_amount_
         return len(store.items_from(b"\x03", b"\x04", 1000))
 
     assert left() == 32
-    cursor = table.sweep(store, b"\x03", T0 + 3_600_000, limit=20)
+    cursor = table.sweep(store, windows, b"\x03", T0 + 3_600_000, limit=20)
     store.apply(store.take_changes(), 1)
     assert cursor != b"\x03" and 12 <= left() < 32
-    cursor = table.sweep(store, cursor, T0 + 3_600_000, limit=20)
+    cursor = table.sweep(store, windows, cursor, T0 + 3_600_000, limit=20)
     store.apply(store.take_changes(), 2)
     assert cursor == b"\x03", "the end was reached: the next sweep starts over"
     assert left() == 1  # only the IP seen an hour later
