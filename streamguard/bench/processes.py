@@ -1,0 +1,66 @@
+"""The processes a bench run starts: each with its own log, stopped by its own PID, never left behind.
+
+A process that dies while the bench waits on it is an error that quotes the
+end of its log, so a broken peer or worker says why instead of hanging the run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamguard.errors import StreamguardError
+
+LOG_TAIL = 3000
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def check_alive(self) -> None:
+        """Raise, with the end of its log, if the process has exited."""
+        code = self.process.poll()
+        if code is not None:
+            raise StreamguardError(f"{self.name} exited with {code}; the end of {self.log}:\n{self.log_tail()}")
+
+    def log_tail(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-LOG_TAIL:]
+        except OSError:
+            return ""
+
+    def peak_rss_bytes(self) -> int:
+        """The high-water mark of its resident memory (VmHWM), while it still runs."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise StreamguardError(f"no VmHWM in /proc/{self.process.pid}/status")
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM, wait; SIGKILL if it does not go in time. Its exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        return self.process.wait(30)
+
+
+def start(name: str, argv: list[str], log: Path, env: dict[str, str] | None = None) -> Child:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(
+            argv,
+            env={**os.environ, **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    return Child(name, process, log)
