@@ -1,0 +1,153 @@
+"""The bench's findings: a JSON document for machines, a table for people, and the targets judged.
+
+Targets (the performance issue's): the worker at least half the raw
+pass-through and 1.5 times the Quix peer; at 50% of its throughput p99 <= 25
+ms and p99.9 <= 100 ms; no event-loop stall over 300 ms (no late-timer warning
+over it in the worker's log, nor a `max_stall_ms` over it on its stats page).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streamguard.bench.latency import LatencyLevel
+from streamguard.bench.worker import STALL_MS, Stalls
+
+METHODS = {
+    "traffic": "streamguard.demo mix (benign sessions, 8% attack episodes), users scaled to events/6, no malformed "
+    "or re-sent messages; pre-produced events stamped at event_rate_stamped, ending when produced",
+    "throughput": "pre-produced events consumed from the beginning by a new group; outputs read read_committed as "
+    "they come; events/s = outputs read between 10% and 90% of those owed over the time between, "
+    "divided by outputs per event",
+    "raw": "one confluent-kafka process: batch consume, orjson decode, one small record per event, no transactions",
+    "quix": "quixstreams 3.28.1, exactly-once, commit every 1 s: per IP/device/account/phone, sliding windows of the "
+    "lengths features/*.toml declare, count and capped distinct counts, one record per (event, branch)",
+    "worker": "one streamguard worker, every feature of features/*.toml and the default ruleset",
+    "latency": "events stamped and sent at the wall clock, paced at 25/50/75% of the worker's events/s, after a "
+    "warm-up at 25% not recorded; latency = verdict readable (read_committed) - just before produce, one clock",
+    "rss": "VmHWM of the worker process from /proc/<pid>/status, at the end of the run",
+    "state": "bytes of the worker's <data dir>/state (RocksDB, after it stopped) / distinct entities of every "
+    "event it decided (ip, /24, device, fingerprint, account, phone, number block, card, codes, merchant)",
+    "stalls": "mode's 'woke up too late' warnings in the worker's log (logged when a 1 s timer is over 300 ms late) "
+    "and max_stall_ms of /streamguard/stats/ if the worker reports it",
+}
+
+
+@dataclass
+class PathResult:
+    """One path's throughput run: what it owed, what it wrote, how fast."""
+
+    name: str
+    events: int
+    outputs_owed: int
+    outputs_read: int
+    missing: int
+    extra: int
+    events_per_s: float  # steady: between 10% and 90% of the owed outputs
+    events_per_s_first_to_last: float
+    peak_rss_bytes: int
+
+    @property
+    def complete(self) -> bool:
+        return self.missing == 0 and self.extra == 0
+
+
+@dataclass
+class Target:
+    name: str
+    measured: float | None
+    limit: float
+    higher_is_better: bool
+
+    @property
+    def passed(self) -> bool:
+        if self.measured is None:
+            return False
+        return self.measured >= self.limit if self.higher_is_better else self.measured <= self.limit
+
+
+@dataclass
+class Report:
+    machine: dict[str, Any]
+    broker: str
+    sizes: dict[str, Any]
+    paths: dict[str, PathResult]
+    latency: list[LatencyLevel]
+    worker_peak_rss_bytes: int
+    state: dict[str, Any]
+    stalls: Stalls
+    methods: dict[str, Any]
+    ratios: dict[str, float | None] = field(default_factory=dict)
+    targets: list[Target] = field(default_factory=list)
+
+    def judge(self) -> None:
+        worker, raw, quix = (self.paths.get(n) for n in ("worker", "raw", "quix"))
+        self.ratios = {"worker/raw": _ratio(worker, raw), "worker/quix": _ratio(worker, quix)}
+        half = next((level for level in self.latency if level.load == 0.5), None)
+        stall = max(self.stalls.max_drift_ms, self.stalls.max_stall_ms or 0.0)
+        self.targets = [
+            Target("worker / raw throughput", self.ratios["worker/raw"], 0.5, True),
+            Target("worker / quix throughput", self.ratios["worker/quix"], 1.5, True),
+            Target("p99 at 50% load (ms)", half.p99_ms if half else None, 25.0, False),
+            Target("p99.9 at 50% load (ms)", half.p999_ms if half else None, 100.0, False),
+            Target("longest event-loop stall (ms)", stall, STALL_MS, False),
+        ]
+
+    def as_json(self) -> dict[str, Any]:
+        document = asdict(self)
+        document["paths"] = {name: {**asdict(p), "complete": p.complete} for name, p in self.paths.items()}
+        document["targets"] = [{**asdict(t), "passed": t.passed} for t in self.targets]
+        return document
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.as_json(), indent=2) + "\n")
+
+    def table(self) -> str:
+        return "\n".join([*self._throughput_lines(), "", *self._latency_lines(), "", *self._other_lines()])
+
+    def _throughput_lines(self) -> list[str]:
+        lines = [
+            f"{'path':<8} {'events':>9} {'events/s':>10} {'first→last':>10} {'missing':>8} {'extra':>6} {'RSS MiB':>8}"
+        ]
+        for p in self.paths.values():
+            lines.append(
+                f"{p.name:<8} {p.events:>9,} {p.events_per_s:>10,.0f} {p.events_per_s_first_to_last:>10,.0f} "
+                f"{p.missing:>8} {p.extra:>6} {p.peak_rss_bytes / 2**20:>8.0f}"
+            )
+        ratios = "   ".join(f"{k} = {'n/a' if v is None else f'{v:.2f}'}" for k, v in self.ratios.items())
+        return [*lines, ratios]
+
+    def _latency_lines(self) -> list[str]:
+        lines = [f"{'load':>5} {'rate':>8} {'sent/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'max ms':>8}"]
+        for lv in self.latency:
+            lines.append(
+                f"{lv.load:>5.0%} {lv.target_rate:>8,.0f} {lv.sent_rate:>8,.0f} {lv.p50_ms:>8.1f} "
+                f"{lv.p99_ms:>8.1f} {lv.p999_ms:>9.1f} {lv.max_ms:>8.1f}"
+            )
+        return lines
+
+    def _other_lines(self) -> list[str]:
+        s = self.stalls
+        reported = "not reported" if s.max_stall_ms is None else f"{s.max_stall_ms:.0f} ms"
+        lines = [
+            f"worker peak RSS {self.worker_peak_rss_bytes / 2**20:.0f} MiB; state {self.state['bytes']:,} bytes "
+            f"for {self.state['entities']:,} entities = {self.state['bytes_per_entity']:.0f} bytes/entity",
+            f"stalls: {s.late_timer_warnings} late-timer warnings ({s.over_limit} over {STALL_MS:.0f} ms, "
+            f"longest {s.max_drift_ms:.0f} ms); max_stall_ms on the stats page: {reported}",
+            "targets:",
+        ]
+        for t in self.targets:
+            measured = "n/a" if t.measured is None else f"{t.measured:.2f}"
+            sign = ">=" if t.higher_is_better else "<="
+            lines.append(f"  {'PASS' if t.passed else 'FAIL'}  {t.name}: {measured} (target {sign} {t.limit:g})")
+        return lines
+
+
+def _ratio(a: PathResult | None, b: PathResult | None) -> float | None:
+    if a is None or b is None or b.events_per_s <= 0:
+        return None
+    return round(a.events_per_s / b.events_per_s, 3)

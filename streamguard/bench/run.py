@@ -1,0 +1,240 @@
+"""`streamguard bench`: the three paths in turn on the same broker, then latency, then the report.
+
+Each throughput run pre-produces its events (the demo mix, see `traffic`),
+then starts its consumer on them from the beginning with a group of its own,
+and reads its output as it comes (see `outputs`): the raw pass-through, the
+Quix peer, then the worker. The worker stays up for the latency runs at 25%,
+50% and 75% of its measured throughput, then its memory, state and stalls
+are read and it is stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import secrets
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka import Consumer
+from confluent_kafka.admin import AdminClient
+
+from streamguard.bench import latency, outputs, peer_spec, quix_env, topics, traffic
+from streamguard.bench.entities import EntityCensus
+from streamguard.bench.processes import Child, start
+from streamguard.bench.report import METHODS, PathResult, Report
+from streamguard.bench.worker import BenchWorker, start_worker
+from streamguard.features.spec import FeatureSpec, load_features
+from streamguard.settings import Settings
+from streamguard.topics import admin
+
+LOADS = (0.25, 0.5, 0.75)
+WARMUP_S = 5.0  # of live traffic at the lowest load before the latency runs, not recorded
+SETTLE_S = 2.0  # read this long after the last owed record, to see any record written twice
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    events: int  # the worker's throughput run
+    raw_events: int
+    quix_events: int
+    latency_seconds: float
+    event_rate: float  # the rate the pre-produced events are stamped at
+    seed: int
+    out: Path
+    workdir: Path
+    quix_venv: Path
+    idle_timeout_s: float = 120.0  # no new output for this long: the path is stuck
+
+
+def run_bench(settings: Settings, options: BenchOptions) -> Report:
+    run_id = f"b{secrets.token_hex(3)}"  # short: Quix names its internal topics after all its input topics
+    workdir = options.workdir / run_id
+    workdir.mkdir(parents=True, exist_ok=True)
+    client = admin.admin_client(settings.bootstrap)
+    features = load_features(settings.allowed_lateness_ms)
+    print(f"bench {run_id}: broker {settings.bootstrap}, work files in {workdir}", flush=True)
+    try:
+        raw = _raw_path(settings.bootstrap, client, f"{run_id}r-", options, workdir)
+        quix = _quix_path(settings.bootstrap, client, f"{run_id}q-", options, workdir, features)
+        return _worker_and_latency(settings, client, run_id, options, workdir, features, {"raw": raw, "quix": quix})
+    finally:
+        topics.delete_run_topics(client, run_id)
+
+
+def _raw_path(bootstrap: str, client: AdminClient, prefix: str, options: BenchOptions, workdir: Path) -> PathResult:
+    output = f"{prefix}bench.raw-out"
+    topics.create_peer_topics(client, prefix, output)
+    sent = _produce("raw", bootstrap, prefix, options.raw_events, options)
+    argv = [sys.executable, "-m", "streamguard.bench.passthrough", "--bootstrap", bootstrap]
+    argv += ["--group", f"{prefix}g", "--output", output, *topics.input_topics(prefix)]
+    consumer = outputs.reader(bootstrap, [output], f"{prefix}reader")
+    child = start("the raw pass-through", argv, workdir / "raw.log")
+    return _drain_path("raw", child, consumer, sent, options)
+
+
+def _quix_path(
+    bootstrap: str, client: AdminClient, prefix: str, options: BenchOptions, workdir: Path, features: list[FeatureSpec]
+) -> PathResult:
+    output = f"{prefix}bench.quix-out"
+    topics.create_peer_topics(client, prefix, output)
+    branches = peer_spec.branches(features)
+    python = quix_env.ensure_venv(options.quix_venv)
+    owed = _produce(
+        "quix", bootstrap, prefix, options.quix_events, options, lambda e: peer_spec.outputs_owed(e, branches)
+    )
+    spec = peer_spec.spec_document(
+        branches,
+        bootstrap=bootstrap,
+        inputs=topics.input_topics(prefix),
+        output=output,
+        group=f"{prefix}g",
+        state_dir=str(workdir / "quix-state"),
+    )
+    consumer = outputs.reader(bootstrap, [output], f"{prefix}reader")
+    return _drain_path("quix", quix_env.start_peer(python, spec, workdir), consumer, owed, options)
+
+
+def _produce(
+    name: str, bootstrap: str, prefix: str, events: int, options: BenchOptions, owed: traffic.Owed | None = None
+) -> traffic.Sent:
+    mix = traffic.traffic_for(events, options.seed, f"{prefix}e")
+    sent = traffic.produce_all(bootstrap, prefix, traffic.stamped(mix, events, options.event_rate), owed)
+    print(f"bench {name}: produced {events:,} events in {sent.seconds:.1f} s", flush=True)
+    return sent
+
+
+def _drain_path(name: str, child: Child, consumer: Consumer, sent: traffic.Sent, options: BenchOptions) -> PathResult:
+    try:
+        drained = outputs.drain(consumer, sent.owed, child.check_alive, options.idle_timeout_s)
+        outputs.settle(consumer, drained, SETTLE_S)
+        rss = child.peak_rss_bytes()
+    finally:
+        child.stop()
+        consumer.close()
+    return _result(name, sent, drained, rss)
+
+
+def _result(name: str, sent: traffic.Sent, drained: outputs.Drain, rss: int) -> PathResult:
+    missing, extra = drained.missing_and_extra(sent.owed)
+    per_event = sent.outputs / max(1, len(sent.owed))
+    result = PathResult(
+        name=name,
+        events=len(sent.owed),
+        outputs_owed=sent.outputs,
+        outputs_read=drained.read,
+        missing=missing,
+        extra=extra,
+        events_per_s=round(drained.steady_rate() / per_event, 1),
+        events_per_s_first_to_last=round(drained.first_to_last_rate() / per_event, 1),
+        peak_rss_bytes=rss,
+    )
+    print(f"bench {name}: {result.events_per_s:,.0f} events/s, missing {missing}, extra {extra}", flush=True)
+    return result
+
+
+def _worker_and_latency(
+    settings: Settings,
+    client: AdminClient,
+    run_id: str,
+    options: BenchOptions,
+    workdir: Path,
+    features: list[FeatureSpec],
+    paths: dict[str, PathResult],
+) -> Report:
+    prefix, app_id = f"{run_id}w-", f"{run_id}w"
+    topics.create_worker_topics(client, prefix, app_id)
+    census = EntityCensus(features)
+    sent = _produce("worker", settings.bootstrap, prefix, options.events, options, census.observe)
+    consumer = outputs.reader(settings.bootstrap, topics.verdict_topics(prefix), f"{prefix}reader")
+    worker = start_worker(
+        _worker_env(settings, prefix, app_id), workdir / "worker", _free_port(), workdir / "worker.log"
+    )
+    try:
+        drained = outputs.drain(consumer, sent.owed, worker.child.check_alive, options.idle_timeout_s)
+        outputs.settle(consumer, drained, SETTLE_S)
+        consumer.close()
+        paths["worker"] = _result("worker", sent, drained, worker.child.peak_rss_bytes())
+        levels = _latency(settings.bootstrap, prefix, worker, paths["worker"].events_per_s, options, census)
+        stats, rss = worker.stats(), worker.child.peak_rss_bytes()
+    finally:
+        worker.child.stop()
+    report = _report(settings, options, paths, levels, rss, worker, stats, census)
+    report.judge()
+    return report
+
+
+def _worker_env(settings: Settings, prefix: str, app_id: str) -> dict[str, str]:
+    return {
+        "STREAMGUARD_BOOTSTRAP": settings.bootstrap,
+        "STREAMGUARD_TOPIC_PREFIX": prefix,
+        "STREAMGUARD_APP_ID": app_id,
+        "STREAMGUARD_HASH_KEY": settings.hash_key or secrets.token_hex(16),
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _latency(
+    bootstrap: str, prefix: str, worker: BenchWorker, throughput: float, options: BenchOptions, census: EntityCensus
+) -> list[latency.LatencyLevel]:
+    mix = traffic.traffic_for(int(throughput * options.latency_seconds), options.seed + 1, f"{prefix}l")
+    send, done = latency.sender(bootstrap, prefix, mix, census.observe)
+    clock = latency.VerdictClock(bootstrap, topics.verdict_topics(prefix), f"{prefix}clock")
+    levels = []
+    try:
+        warmup_s = min(WARMUP_S, options.latency_seconds / 2)  # the switch from draining a backlog to live traffic
+        latency.measure(clock, send, LOADS[0], LOADS[0] * throughput, warmup_s, worker.child.check_alive)
+        for load in LOADS:
+            level = latency.measure(
+                clock, send, load, load * throughput, options.latency_seconds, worker.child.check_alive
+            )
+            print(f"bench latency at {load:.0%}: p50 {level.p50_ms} ms, p99 {level.p99_ms} ms", flush=True)
+            levels.append(level)
+    finally:
+        done()
+        clock.close()
+    return levels
+
+
+def _report(
+    settings: Settings,
+    options: BenchOptions,
+    paths: dict[str, PathResult],
+    levels: list[latency.LatencyLevel],
+    rss: int,
+    worker: BenchWorker,
+    stats: dict[str, object],
+    census: EntityCensus,
+) -> Report:
+    state_bytes = worker.state_bytes()
+    return Report(
+        machine={"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        broker=settings.bootstrap,
+        sizes={
+            "worker_events": options.events,
+            "raw_events": options.raw_events,
+            "quix_events": options.quix_events,
+            "latency_seconds_per_load": options.latency_seconds,
+            "event_rate_stamped": options.event_rate,
+            "seed": options.seed,
+        },
+        paths=paths,
+        latency=levels,
+        worker_peak_rss_bytes=rss,
+        state={
+            "bytes": state_bytes,
+            "entities": census.count(),
+            "bytes_per_entity": round(state_bytes / max(1, census.count()), 1),
+            "entities_by_kind": census.by_kind(),
+            "worker_deadletters": stats.get("deadletters"),
+        },
+        stalls=worker.stalls(stats),
+        methods=METHODS,
+    )
