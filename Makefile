@@ -44,5 +44,9 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check streamguard tests
 	$(VENV)/bin/mypy
 
+## bench: one worker against raw Kafka and Quix Streams on the local broker (a few minutes); .run/bench/report.json
+bench: up
+	$(VENV)/bin/streamguard bench
+
 schemas: $(VENV)/.installed
 	$(VENV)/bin/streamguard schemas

@@ -1,4 +1,4 @@
-"""`streamguard`: the command line of workers, topics, the demo and the schemas.
+"""`streamguard`: the command line of workers, topics, the demo, the bench and the schemas.
 
 Flags override `STREAMGUARD_*` variables; the settings object is built here,
 once, and passed down.
@@ -68,6 +68,18 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=1)
     demo.set_defaults(run=_demo)
 
+    bench = command("bench", "measure one worker against raw Kafka and Quix Streams; print and write a report")
+    bench.add_argument("--events", type=int, default=40_000, help="events of the worker's throughput run")
+    bench.add_argument("--raw-events", type=int, default=300_000, help="events of the raw pass-through's run")
+    bench.add_argument("--quix-events", type=int, default=15_000, help="events of the Quix Streams peer's run")
+    bench.add_argument("--latency-seconds", type=float, default=20.0, help="seconds of traffic per latency load")
+    bench.add_argument("--event-rate", type=float, default=2000.0, help="rate the pre-produced events are stamped at")
+    bench.add_argument("--seed", type=int, default=1)
+    bench.add_argument("--out", type=Path, default=Path(".run/bench/report.json"), help="where the JSON report goes")
+    bench.add_argument("--workdir", type=Path, default=Path(".run/bench"), help="logs and state of each run")
+    bench.add_argument("--quix-venv", type=Path, default=Path(".run/bench/quix-venv"), help="made if missing")
+    bench.set_defaults(run=_bench)
+
     rules = command("rules", "check a ruleset file, or check it and publish it to control.rules")
     rules.add_argument("action", choices=["check", "publish"])
     rules.add_argument("file", type=Path, help="a ruleset (TOML or JSON), e.g. features/rulesets/default.toml")
@@ -127,6 +139,19 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
     from streamguard.demo.run import run_demo
 
     return run_demo(settings, rate=args.rate, seconds=args.seconds, seed=args.seed)
+
+
+def _bench(settings: Settings, args: argparse.Namespace) -> int:
+    """Exit 0 when the bench ran and every path wrote what it owed; the targets are reported, not enforced."""
+    from streamguard.bench.run import BenchOptions, run_bench
+
+    names = ("events", "raw_events", "quix_events", "latency_seconds", "event_rate", "seed", "out", "workdir")
+    options = BenchOptions(**{n: getattr(args, n) for n in names}, quix_venv=args.quix_venv)
+    report = run_bench(settings, options)
+    report.write(args.out)
+    print(report.table())
+    print(f"report: {args.out}")
+    return 0 if all(p.complete for p in report.paths.values()) else 1
 
 
 def _rules(settings: Settings, args: argparse.Namespace) -> int:
