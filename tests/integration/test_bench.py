@@ -1,0 +1,56 @@
+"""`streamguard bench` at smoke size against the test broker: the report is complete and consistent.
+
+Benchmarks are not timed tests: nothing here asserts a speed, only that every
+path wrote what it owed and that every figure of the report was measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import ROOT, Broker
+
+pytestmark = pytest.mark.integration
+
+SMOKE = ["--events", "1500", "--raw-events", "3000", "--quix-events", "600", "--latency-seconds", "2"]
+
+
+@pytest.mark.timeout(900)
+def test_a_smoke_bench_measures_every_path_and_writes_the_report(broker: Broker, tmp_path: Path):
+    out = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "streamguard.cli", "bench", *SMOKE, "--bootstrap", broker.bootstrap]
+        + ["--out", str(out), "--workdir", str(tmp_path / "bench"), "--quix-venv", str(ROOT / ".run/bench/quix-venv")],
+        env={**os.environ, "STREAMGUARD_HASH_KEY": "integration-test-key-0123456789"},
+        cwd=ROOT,
+        text=True,
+        capture_output=True,
+        timeout=840,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+
+    worker = report["paths"]["worker"]
+    assert (worker["events"], worker["outputs_read"], worker["missing"], worker["extra"]) == (1500, 1500, 0, 0)
+    assert report["paths"]["raw"]["events"] == 3000 and report["paths"]["quix"]["events"] == 600
+    for name, path in report["paths"].items():
+        assert path["complete"], (name, path)
+        assert path["events_per_s"] > 0 and path["peak_rss_bytes"] > 0, (name, path)
+
+    assert [level["load"] for level in report["latency"]] == [0.25, 0.5, 0.75]
+    for level in report["latency"]:
+        assert level["verdicts"] == level["sent"] > 0, level
+        assert 0 < level["p50_ms"] <= level["p99_ms"] <= level["p999_ms"] <= level["max_ms"], level
+
+    assert report["worker_peak_rss_bytes"] > 0
+    assert report["state"]["bytes"] > 0 and report["state"]["entities"] > 0 and report["state"]["bytes_per_entity"] > 0
+    assert report["ratios"]["worker/raw"] > 0 and report["ratios"]["worker/quix"] > 0
+    assert {t["name"] for t in report["targets"]} >= {"worker / raw throughput", "p99 at 50% load (ms)"}
+    assert all(isinstance(t["passed"], bool) for t in report["targets"])
+    assert "worker/raw = " in result.stdout and "targets:" in result.stdout
