@@ -106,7 +106,7 @@ class EntityFeatures:
             compiled = self._by_state_key.get(keys.state_key_of_feature(key))
             if key in store.pending:  # written in this transaction (`flush` comes first): in use
                 continue
-            if compiled is None or compiled.window(raw).newest_ts() < watermark_ts - compiled.lifetime_ms:
+            if compiled is None or compiled.newest_ts(raw) < watermark_ts - compiled.lifetime_ms:
                 store.delete(key)
                 windows.forget(store, key)
         if len(scanned) < limit:

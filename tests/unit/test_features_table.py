@@ -10,6 +10,7 @@ import pytest
 from rocksdict import Cache
 
 from streamguard.events import LoginEvent, SmsEvent, TransactionEvent
+from streamguard.features.compiled import CompiledFeature
 from streamguard.features.spec import load_features
 from streamguard.features.table import EntityFeatures, WindowCache
 from streamguard.privacy import Pseudonymizer
@@ -139,3 +140,15 @@ def test_windows_past_use_and_of_undeclared_features_are_swept_a_bounded_amount_
     store.apply(store.take_changes(), 2)
     assert cursor == b"\x03", "the end was reached: the next sweep starts over"
     assert left() == 1  # only the IP seen an hour later
+
+
+def test_the_sweep_reads_the_newest_time_of_a_window_as_decoding_it_would():
+    rng = random.Random(5)
+    for spec in load_features(LATENESS):
+        compiled = CompiledFeature.of(spec, LATENESS)
+        for _ in range(20):
+            window = compiled.window(None)
+            for _ in range(rng.randrange(40)):
+                window.add(T0 + rng.randrange(10**8), rng.randrange(1, 10**6))
+            raw = window.to_bytes()
+            assert compiled.newest_ts(raw) == compiled.window(raw).newest_ts(), spec.name
