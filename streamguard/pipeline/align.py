@@ -14,6 +14,11 @@ all if it gave none yet, for at most `idle_ms`; then the merge goes on
 without it. The lag of a partition is what the last fetch said;
 when records come after a quiet spell (a burst, a replay starting), nothing is
 released for `burst_hold_ms`, the time for every partition's fetch to answer.
+A record newer than everything that arrived after it in its partition (a
+client clock ahead, a made-up time) is released where it arrived, instead of
+holding its partition back until the merge reaches its time; a late record
+goes as soon as it reaches the head of its partition. A batch spans at most
+`span_ms` of event time past what was already released.
 Per partition, what is released is always a prefix of what was polled, so
 committing the released offsets never skips a record.
 Records that are not events (internal topics, invalid bytes) pass at once.
@@ -53,6 +58,48 @@ def event_ts(value: bytes | None, now_ms: int) -> int:
     return ts if ts <= now_ms + MAX_FUTURE_MS else -1  # a far-future ts would hold its partition back
 
 
+class _PartitionQueue:
+    """What is buffered of one partition, in arrival order, knowing the newest `ts` behind its head.
+
+    A record newer than every record that arrived after it (a client clock
+    ahead, a malformed event with a made-up time) is out of line with its
+    partition: were the merge to wait for its `ts`, it would hold back every
+    record behind it. `head_is_ahead` tells, in constant time (a running
+    maximum over the queue, kept as a monotonic deque).
+    """
+
+    def __init__(self) -> None:
+        self._records: deque[tuple[int, int, Incoming]] = deque()  # (ts, arrival number, record)
+        self._newest: deque[tuple[int, int]] = deque()  # decreasing ts: the maximum of every suffix
+        self._arrivals = 0
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def append(self, ts: int, record: Incoming) -> None:
+        self._arrivals += 1
+        self._records.append((ts, self._arrivals, record))
+        while self._newest and self._newest[-1][0] <= ts:
+            self._newest.pop()
+        self._newest.append((ts, self._arrivals))
+
+    def head_ts(self) -> int:
+        return self._records[0][0]
+
+    def popleft(self) -> Incoming:
+        _, arrival, record = self._records.popleft()
+        if self._newest[0][1] == arrival:
+            self._newest.popleft()
+        return record
+
+    def head_is_ahead(self) -> bool:
+        """Whether records arrived after the head, all of them older than it."""
+        return len(self._newest) > 1 and self._newest[0][1] == self._records[0][1]
+
+    def records(self) -> list[Incoming]:
+        return [record for _, _, record in self._records]
+
+
 class Aligner:
     def __init__(
         self, inputs: set[str], lagging: Callable[[Partition], bool], idle_ms: float, burst_hold_ms: float
@@ -64,7 +111,7 @@ class Aligner:
         self._last_polled = 0.0  # time.monotonic() of the last record polled
         self._last_add = 0.0  # of the last call to `add`
         self._hold_until = 0.0
-        self._queues: dict[Partition, deque[tuple[int, Incoming]]] = {}
+        self._queues: dict[Partition, _PartitionQueue] = {}
         self._passing: list[Incoming] = []
         self._empty_since: dict[Partition, float] = {}  # lagging partitions with nothing buffered
         self._partitions: set[Partition] = set()  # the assigned input partitions
@@ -105,7 +152,7 @@ class Aligner:
                 self._passing.append(record)
             else:
                 key = (record.topic, record.partition)
-                self._queues.setdefault(key, deque()).append((ts, record))
+                self._queues.setdefault(key, _PartitionQueue()).append(ts, record)
                 self._last_ts[key] = ts
 
     def release(self, limit: int, span_ms: int, horizon_ts: int | None = None) -> list[Incoming]:
@@ -120,31 +167,42 @@ class Aligner:
         the span), so that one worker does not run ahead of the others.
         """
         out, self._passing = self._passing[:limit], self._passing[limit:]
-        heads = [(q[0][0], p) for p, q in self._queues.items() if q]
+        for queue in self._queues.values():
+            self._release_ahead(queue, out, limit)
+        heads = [(q.head_ts(), p) for p, q in self._queues.items() if q]
         if not heads or time.monotonic() < self._hold_until:
             return out
         heapq.heapify(heads)
         until = self._bound(heads[0][0])
         if until is None:
             return out
-        until = min(until, heads[0][0] + span_ms)
+        # The span counts from the newest event time released so far: a late record (older than
+        # that) goes at once, and does not drag the batch back to its own time.
+        until = min(until, max(heads[0][0], self.released_ts) + span_ms)
         if horizon_ts is not None:
             until = min(until, horizon_ts)
         while heads and len(out) < limit and heads[0][0] <= until:
             ts, p = heapq.heappop(heads)
             queue = self._queues[p]
-            out.append(queue.popleft()[1])
+            out.append(queue.popleft())
             self.released_ts = max(self.released_ts, ts)
+            self._release_ahead(queue, out, limit)
             if queue:
-                heapq.heappush(heads, (queue[0][0], p))
+                heapq.heappush(heads, (queue.head_ts(), p))
             elif self._lagging(p):
                 until = min(until, self._last_ts[p])  # its next records are no older than its last
         return out
 
+    @staticmethod
+    def _release_ahead(queue: _PartitionQueue, out: list[Incoming], limit: int) -> None:
+        """Release the records at the head of `queue` that are ahead of their partition, where they arrived."""
+        while len(out) < limit and queue and queue.head_is_ahead():
+            out.append(queue.popleft())
+
     def unreleased(self) -> dict[Partition, int]:
         """The first buffered offset of each partition, and forget the buffer (after an abort)."""
         first: dict[Partition, int] = {}
-        for record in self._passing + [r for q in self._queues.values() for _, r in q]:
+        for record in self._passing + [r for q in self._queues.values() for r in q.records()]:
             key = (record.topic, record.partition)
             first[key] = min(first.get(key, record.offset), record.offset)
         self._passing.clear()

@@ -46,6 +46,7 @@ ALIGN_IDLE_MS = 1000.0  # how long a lagging input partition may hold the event-
 BURST_HOLD_MS = 250.0  # how long the merge waits for every partition's first fetch after a quiet spell
 PARTITION_BUFFER = 50_000  # an input partition is paused while the aligner holds more of it (memory bound)
 READ_AHEAD = 2000  # records librdkafka fetches ahead per partition
+IN_FLIGHT = 20  # records of a partition on their way in live traffic: a lag this small holds nothing back
 PEER_SILENCE_S = 2.0  # a peer not heard from for this long does not hold this worker back
 CAUGHT_UP = 2**62  # the progress of a worker with nothing left to read: it holds no one back
 RESTORE_TIMEOUT_S = 600.0
@@ -337,7 +338,13 @@ class Engine:
             log.warning("start offsets unknown, replays may not be aligned in event time: %s", exc)
 
     def _lagging(self, partition: tuple[str, int]) -> bool:
-        """Whether the broker holds records of `partition` this consumer has not handed over yet."""
+        """Whether the broker holds more records of `partition` than are normally in flight.
+
+        Live traffic always has a few records on their way (fetched by
+        librdkafka, or appended since its last fetch): waiting for those would
+        hold every batch back by a fetch. A backlog (a replay, a restart) is
+        far bigger.
+        """
         if self._consumer is None:
             return False
         tp = TopicPartition(*partition)
@@ -345,7 +352,7 @@ class Engine:
         if position < 0:  # nothing read since it was assigned
             position = self._start_offsets.get(partition, -1)
         _, high = self._consumer.get_watermark_offsets(tp, cached=True)
-        return bool(position >= 0 and high > position)
+        return bool(position >= 0 and high - position > IN_FLIGHT)
 
     def _recent_ids(self, store: PartitionStore) -> RecentIds:
         return RecentIds(store, self._settings.dedup_retention_s * 1000)

@@ -98,3 +98,30 @@ def test_caught_up_means_nothing_buffered_and_nothing_more_at_the_broker():
     assert not aligner.caught_up()
     aligner.release(10, 10**12)
     assert aligner.caught_up() and aligner.released_ts == NOW - 1000
+
+
+def test_a_record_ahead_of_its_partition_goes_where_it_arrived_instead_of_holding_the_partition_back():
+    aligner = Aligner(INPUTS, lambda p: False, idle_ms=10_000, burst_hold_ms=0)
+    aligner.assign([("events.login", 0), ("events.device", 0)])
+    start = NOW - 3_600_000
+    skewed = _record("events.login", 0, 0, NOW)  # a clock an hour ahead, or a made-up time
+    logins = [_record("events.login", 0, i, start + i * 1000) for i in range(1, 4)]
+    devices = [_record("events.device", 0, i, start + i * 1000 + 500) for i in range(3)]
+    aligner.add([skewed, *logins, *devices])
+    out = aligner.release(100, 60_000)
+    assert out[0] is skewed, "released at once, where it arrived"
+    assert [event_ts(r.value, NOW) for r in out[1:]] == sorted(event_ts(r.value, NOW) for r in [*logins, *devices])
+
+
+def test_a_late_record_does_not_let_the_records_before_it_jump_ahead():
+    aligner = Aligner(INPUTS, lambda p: False, idle_ms=10_000, burst_hold_ms=0)
+    aligner.assign([("events.login", 0), ("events.device", 0)])
+    start = NOW - 3_600_000
+    logins = [_record("events.login", 0, 0, start + 10_000), _record("events.login", 0, 1, start - 600_000),
+              _record("events.login", 0, 2, start + 11_000)]  # fmt: skip
+    devices = [_record("events.device", 0, i, start + i * 1000) for i in range(1, 12)]
+    aligner.add([*logins, *devices])
+    out = aligner.release(100, 60_000)
+    position = {id(r): i for i, r in enumerate(out)}
+    assert position[id(logins[0])] > position[id(devices[8])], "its ts comes after the device reports before it"
+    assert position[id(logins[1])] == position[id(logins[0])] + 1, "the late one goes right after, at once"
