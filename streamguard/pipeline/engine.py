@@ -176,10 +176,12 @@ class Engine:
         producer.begin_transaction()
         try:
             outs, changes, duplicates = self._process(batch, now_ms)
-            offsets = self._send(producer, outs, changes)
+            changelog = self._send(producer, outs, changes)
+            # The consumed offsets go to the group coordinator while the records are on their way.
             producer.send_offsets_to_transaction(
                 _next_offsets(batch), consumer.consumer_group_metadata(), TXN_TIMEOUT_S
             )
+            offsets = changelog.wait(producer)
             _commit(producer)
         except KafkaException as exc:
             self._abort(consumer, producer, batch, exc)
@@ -235,29 +237,19 @@ class Engine:
                 remote[shard].append(ProgressItem(self._worker_id, progress))
         outs += [out for shard, items in remote.items() for out in self._ingest.shard_records(shard, items)]
         self._work.flush()
-        for shard in touched:
-            self._work.expire(shard)
+        self._work.expire(touched)
         changes = {shard: self._stores[shard].take_changes() for shard in touched}
         return outs, {shard: c for shard, c in changes.items() if c}, result.duplicates
 
-    def _send(self, producer: Producer, outs: list[Outgoing], changes: Changeset) -> dict[int, int]:
-        """Produce everything and wait for it; the changelog offset each shard's changes landed at.
-
-        Waiting here, not in the commit, means a broker that went away shows as
-        undelivered records (and an abort) instead of a commit that blocks.
-        """
+    def _send(self, producer: Producer, outs: list[Outgoing], changes: Changeset) -> ChangelogDeliveries:
+        """Produce everything; what to wait on for the changelog offset each shard's changes land at."""
         for out in outs:
             _produce(producer, out.topic, out.value, out.key, out.partition, out.headers)
-        delivered: dict[int, list[int]] = defaultdict(list)
-        expected = 0
+        changelog = ChangelogDeliveries()
         for shard, shard_changes in changes.items():
-            on_delivery = _record_offset(delivered, shard)
             for record in encode_changes(shard_changes, MAX_RECORD_BYTES):
-                _produce(producer, self._names.changelog, record, None, shard, None, on_delivery)
-                expected += 1
-        if producer.flush(TXN_TIMEOUT_S) or sum(map(len, delivered.values())) != expected:
-            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "records of the transaction were not delivered"))
-        return {shard: max(offsets) for shard, offsets in delivered.items()}
+                _produce(producer, self._names.changelog, record, None, shard, None, changelog.expect(shard))
+        return changelog
 
     def _abort(self, consumer: Consumer, producer: Producer, batch: list[Incoming], exc: KafkaException) -> None:
         error: KafkaError = exc.args[0]
@@ -479,13 +471,33 @@ def _produce(
             producer.poll(0.05)  # the local queue is full: let deliveries drain
 
 
-def _record_offset(offsets: dict[int, list[int]], shard: int) -> Callable[[KafkaError | None, Message], None]:
-    def on_delivery(err: KafkaError | None, msg: Message) -> None:
-        offset = msg.offset()
-        if err is None and offset is not None:
-            offsets[shard].append(offset)
+class ChangelogDeliveries:
+    """The changelog records of a transaction, and the offsets they were written at."""
 
-    return on_delivery
+    def __init__(self) -> None:
+        self._offsets: dict[int, list[int]] = defaultdict(list)
+        self._expected = 0
+
+    def expect(self, shard: int) -> Callable[[KafkaError | None, Message], None]:
+        """The delivery callback of one more record of `shard`'s changes."""
+        self._expected += 1
+
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            offset = msg.offset()
+            if err is None and offset is not None:
+                self._offsets[shard].append(offset)
+
+        return on_delivery
+
+    def wait(self, producer: Producer) -> dict[int, int]:
+        """Wait for every record of the transaction; the last changelog offset of each shard.
+
+        Waiting here, not in the commit, means a broker that went away shows as
+        undelivered records (and an abort) instead of a commit that blocks.
+        """
+        if producer.flush(TXN_TIMEOUT_S) or sum(map(len, self._offsets.values())) != self._expected:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "records of the transaction were not delivered"))
+        return {shard: max(offsets) for shard, offsets in self._offsets.items()}
 
 
 def _after(checkpoint: int | None) -> int:
