@@ -62,7 +62,7 @@ class LocalPipeline:
             queue += result.items
             result.items.clear()
         self.work.flush()
-        self.work.expire(0)
+        self.work.expire([0])
         self.store.apply(self.store.take_changes(), 0)
         records = {o.topic: json.loads(o.value) for o in result.outs}
         if not records:
