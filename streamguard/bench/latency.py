@@ -61,7 +61,11 @@ class VerdictClock:
 
     def _read(self) -> None:
         while not self._stop.is_set():
-            batch = self._consumer.consume(READ_BATCH, 0.05)
+            first = self._consumer.poll(0.05)  # returns as soon as one record is there
+            if first is None:
+                continue
+            # consume(n, timeout) waits for n records or the timeout: it must not be what waits.
+            batch = [first, *self._consumer.consume(READ_BATCH, 0)]
             now = time.perf_counter()
             with self._lock:
                 for message in batch:
