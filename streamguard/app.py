@@ -68,7 +68,8 @@ def create_app(settings: Settings) -> tuple[faust.App, EngineService]:
 
     @app.page("/streamguard/stats/")
     async def stats(web: Any, request: Any) -> Any:
-        return web.json({"ready": engine.ready.is_set(), **engine.stats.as_dict()})
+        stall = round(service.max_stall_ms, 1)
+        return web.json({"ready": engine.ready.is_set(), **engine.stats.as_dict(), "max_stall_ms": stall})
 
     @app.page("/streamguard/rules/")
     async def rules(web: Any, request: Any) -> Any:

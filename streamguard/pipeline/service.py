@@ -34,6 +34,7 @@ from streamguard.pipeline.engine import Engine
 log = logging.getLogger(__name__)
 
 STUCK_AFTER_S = 60.0  # twice the engine's own timeout for any transactional call
+WATCH_EVERY_S = 0.1  # how often the watchdog looks (and how finely it times the event loop's stalls)
 CONTROL_WAIT_S = 30.0  # how long the engine waits for the control topics before deciding anyway
 
 
@@ -44,6 +45,7 @@ class EngineService(Service):
         self.control = control
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.max_stall_ms = 0.0  # the longest the worker's event loop was late for a timer
 
     async def on_start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -57,7 +59,10 @@ class EngineService(Service):
 
     async def _watch(self) -> None:
         while not self.should_stop:
-            await asyncio.sleep(1.0)
+            asleep = time.monotonic()
+            await asyncio.sleep(WATCH_EVERY_S)
+            late_ms = 1000 * (time.monotonic() - asleep - WATCH_EVERY_S)
+            self.max_stall_ms = max(self.max_stall_ms, late_ms)  # the event loop woke up this late
             started = self.engine.transaction_started
             if started is not None and time.monotonic() - started > STUCK_AFTER_S:
                 log.error("a transaction has been open for over %.0f s: restarting this worker in place", STUCK_AFTER_S)
