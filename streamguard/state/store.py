@@ -3,7 +3,7 @@
 Writes are buffered in `pending` while a transaction is open and sent to the
 changelog topic as one record inside that transaction (`take_changes`). Only
 after the transaction commits are they applied to RocksDB (`apply`), together
-with the changelog offset they came from, in one atomic WriteBatch. So local
+with the changelog offset they came from, written last. So local
 state never holds an aborted write, and after a crash the store catches up by
 replaying the changelog from its checkpoint (`restore`).
 """
@@ -21,6 +21,7 @@ from rocksdict import AccessType, BlockBasedOptions, Cache, Options, Rdict, Read
 from streamguard.state import keys
 
 Changes = dict[bytes, bytes | None]
+APPLY_BATCH = 5000  # keys per RocksDB write: a few ms each, so other threads get the GIL between them
 
 _changes_encoder: Final = msgspec.msgpack.Encoder()
 _changes_decoder: Final = msgspec.msgpack.Decoder(list[tuple[bytes, bytes | None]])
@@ -117,17 +118,29 @@ class PartitionStore:
         return self.pending
 
     def apply(self, changes: Changes, changelog_offset: int) -> None:
-        """Make `changes` durable locally, with the changelog offset that holds them."""
+        """Make `changes` durable locally, with the changelog offset that holds them (written last).
+
+        RocksDB writes hold the GIL (150,000 keys: 270 ms without a thread
+        switch), so a big transaction is written in batches of `APPLY_BATCH`
+        keys. A crash between them leaves the checkpoint at the previous
+        offset: the restore replays these changes, which hold values, not
+        increments, so applying them twice is the same as once.
+        """
+        items = list(changes.items())
+        for start in range(0, len(items), APPLY_BATCH):
+            self._write(items[start : start + APPLY_BATCH])
+        self._write([(keys.CHECKPOINT, keys.encode_u64(changelog_offset))])
+        if changes is self.pending:
+            self.pending = {}
+
+    def _write(self, items: list[tuple[bytes, bytes | None]]) -> None:
         batch = WriteBatch(raw_mode=True)
-        for key, value in changes.items():
+        for key, value in items:
             if value is None:
                 batch.delete(key)
             else:
                 batch.put(key, value)
-        batch.put(keys.CHECKPOINT, keys.encode_u64(changelog_offset))
         self._db.write(batch)
-        if changes is self.pending:
-            self.pending = {}
 
     def discard_pending(self) -> None:
         self.pending = {}
