@@ -101,14 +101,14 @@ def encode_verdict(verdict: Verdict) -> bytes:
 # entity's feature values back to the event's shard.
 
 
-class DecideItem(msgspec.Struct, frozen=True, tag="d", array_like=True):
+class DecideItem(msgspec.Struct, frozen=True, tag="d", array_like=True, gc=False):
     """Decide `event` on the shard of its id: de-duplicate, then fan out to its entities."""
 
     digest: bytes  # keyed hash of the event_id
     event: AnyEvent
 
 
-class ApplyItem(msgspec.Struct, frozen=True, tag="a", array_like=True):
+class ApplyItem(msgspec.Struct, frozen=True, tag="a", array_like=True, gc=False):
     """Count `event` in the features of one of its entities, on that entity's shard."""
 
     digest: bytes
@@ -119,7 +119,7 @@ class ApplyItem(msgspec.Struct, frozen=True, tag="a", array_like=True):
     resolve_fingerprint: bool = False  # on a device_id item: look the device's fingerprint up and go on to it
 
 
-class MergeItem(msgspec.Struct, frozen=True, tag="m", array_like=True):
+class MergeItem(msgspec.Struct, frozen=True, tag="m", array_like=True, gc=False):
     """One entity's feature values for an event, back on the event's shard."""
 
     digest: bytes
@@ -128,7 +128,7 @@ class MergeItem(msgspec.Struct, frozen=True, tag="m", array_like=True):
     entity_digest: bytes = b""  # the entity's keyed hash, for verdict details and list lookups
 
 
-class ProgressItem(msgspec.Struct, frozen=True, tag="p", array_like=True):
+class ProgressItem(msgspec.Struct, frozen=True, tag="p", array_like=True, gc=False):
     """How far in event time `sender` has read its inputs: its peers keep within a span of it."""
 
     sender: str

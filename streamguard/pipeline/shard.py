@@ -46,7 +46,7 @@ EXPIRE_EVERY_S = 0.25
 FINGERPRINT_MEMORY_MS = 24 * 3_600_000
 
 
-class Pending(msgspec.Struct, array_like=True):
+class Pending(msgspec.Struct, array_like=True, gc=False):
     event: AnyEvent
     expected: list[str]
     values: dict[str, float] = {}
