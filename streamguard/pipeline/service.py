@@ -34,6 +34,7 @@ from streamguard.pipeline.engine import Engine
 log = logging.getLogger(__name__)
 
 STUCK_AFTER_S = 60.0  # twice the engine's own timeout for any transactional call
+STALL_WARNING_MS = 100.0
 WATCH_EVERY_S = 0.1  # how often the watchdog looks (and how finely it times the event loop's stalls)
 CONTROL_WAIT_S = 30.0  # how long the engine waits for the control topics before deciding anyway
 
@@ -63,6 +64,9 @@ class EngineService(Service):
             await asyncio.sleep(WATCH_EVERY_S)
             late_ms = 1000 * (time.monotonic() - asleep - WATCH_EVERY_S)
             self.max_stall_ms = max(self.max_stall_ms, late_ms)  # the event loop woke up this late
+            if late_ms > STALL_WARNING_MS:
+                log.warning("the event loop woke up %.0f ms late (transaction open: %s)", late_ms,
+                            self.engine.transaction_started is not None)  # fmt: skip
             started = self.engine.transaction_started
             if started is not None and time.monotonic() - started > STUCK_AFTER_S:
                 log.error("a transaction has been open for over %.0f s: restarting this worker in place", STUCK_AFTER_S)
