@@ -57,7 +57,10 @@ DOCS: Final[dict[str, str]] = {
     "hash_key": "Secret key of the keyed hash that pseudonymises identifiers (at least 16 characters).",
     "dedup_retention_s": "How long a decided event_id is remembered (event time behind the newest on its shard).",
     "allowed_lateness_ms": "How far behind the newest event of an entity an event may arrive and still count.",
-    "features_topic": "If set, every decided event's feature values are published there (keyed by event_id).",
+    "features_topic": (
+        "If set, every decided event's feature values, all of its entities' (not only those the rules read), "
+        "are published there (keyed by event_id)."
+    ),
     "batch_max_events": "The most records one transaction takes (a batch is what is there when it polls).",
     "batch_max_span_ms": "The most event time one transaction covers (how far a replay may run ahead of its own work).",
     "log_level": "Log level of the worker (DEBUG, INFO, WARNING, ERROR).",
