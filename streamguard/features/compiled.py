@@ -98,9 +98,9 @@ class CompiledFeature:
         spec = self.spec
         resolution, buckets = self.resolution_ms, self.window_buckets
         if spec.aggregate in ("count", "sum"):
-            return SumWindow(self.slots, resolution, buckets, raw)
+            return SumWindow.of(self.slots, resolution, buckets, raw)
         if spec.aggregate in ("min", "max"):
-            return ExtremeWindow(self.slots, resolution, buckets, spec.aggregate == "max", raw)
+            return ExtremeWindow.of(self.slots, resolution, buckets, spec.aggregate == "max", raw)
         if spec.aggregate == "distinct":
-            return DistinctWindow(self.slots, resolution, buckets, spec.distinct_cap, raw)
-        return SinceLastWindow(raw)
+            return DistinctWindow.of(self.slots, resolution, buckets, spec.distinct_cap, raw)
+        return SinceLastWindow.of(raw)

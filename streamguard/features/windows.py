@@ -6,13 +6,20 @@ scalars only. Sizes: a count/sum/min/max window costs 16 bytes per ring slot
 (at most 64 slots: 1 KiB); a distinct window 8 bytes per slot plus 16 per
 value kept (at most `distinct_cap`, 256 by default: 4 KiB), or, past the
 cap, 136 bytes per slot (at most 8.5 KiB); a since_last one 8 bytes.
+
+Windows are msgspec Structs with `gc=False`: a worker keeps up to 200,000 of
+them decoded and makes thousands per batch, and as ordinary objects every
+young collection walked them (up to 235 ms, holding the GIL, freeing
+nothing). They hold arrays and numbers only, never a cycle. Build them with
+`of(...)`, from their bytes or empty.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import ClassVar, Protocol
 
+import msgspec
 import numpy as np
 
 from streamguard.kernels import window as k
@@ -30,16 +37,20 @@ class Window(Protocol):
         ...
 
 
-class SumWindow:
+class SumWindow(msgspec.Struct, gc=False):
     """count (add 1), count-where and sum."""
 
-    def __init__(self, slots: int, resolution: int, window_buckets: int, raw: bytes | None = None) -> None:
-        self.resolution, self.window_buckets = resolution, window_buckets
+    resolution: int
+    window_buckets: int
+    starts: np.ndarray  # int64: the bucket each ring slot holds
+    values: np.ndarray  # float64
+
+    @classmethod
+    def of(cls, slots: int, resolution: int, window_buckets: int, raw: bytes | None = None) -> SumWindow:
         if raw is None:
-            self.starts, self.values = np.full(slots, k.EMPTY, np.int64), np.zeros(slots, np.float64)
-        else:
-            self.starts = np.frombuffer(raw, np.int64, slots).copy()
-            self.values = np.frombuffer(raw, np.float64, slots, offset=8 * slots).copy()
+            return cls(resolution, window_buckets, np.full(slots, k.EMPTY, np.int64), np.zeros(slots, np.float64))
+        starts = np.frombuffer(raw, np.int64, slots).copy()
+        return cls(resolution, window_buckets, starts, np.frombuffer(raw, np.float64, slots, offset=8 * slots).copy())
 
     def add(self, ts: int, value: float | int) -> bool:
         return bool(k.ring_add(self.starts, self.values, ts, self.resolution, float(value)))
@@ -54,12 +65,21 @@ class SumWindow:
         return int(k.ring_newest(self.starts, self.resolution))
 
 
-class ExtremeWindow(SumWindow):
+class ExtremeWindow(msgspec.Struct, gc=False):
     """min or max; NaN for an empty window."""
 
-    def __init__(self, slots: int, resolution: int, window_buckets: int, is_max: bool, raw: bytes | None = None):
-        super().__init__(slots, resolution, window_buckets, raw)
-        self.is_max = is_max
+    resolution: int
+    window_buckets: int
+    starts: np.ndarray
+    values: np.ndarray
+    is_max: bool
+
+    @classmethod
+    def of(
+        cls, slots: int, resolution: int, window_buckets: int, is_max: bool, raw: bytes | None = None
+    ) -> ExtremeWindow:
+        ring = SumWindow.of(slots, resolution, window_buckets, raw)
+        return cls(resolution, window_buckets, ring.starts, ring.values, is_max)
 
     def add(self, ts: int, value: float | int) -> bool:
         return bool(k.ring_extreme(self.starts, self.values, ts, self.resolution, float(value), self.is_max))
@@ -68,8 +88,14 @@ class ExtremeWindow(SumWindow):
         return float(k.ring_reduce_extreme(self.starts, self.values, ts, self.resolution, self.window_buckets,
                                            self.is_max))  # fmt: skip
 
+    def to_bytes(self) -> bytes:
+        return bytes(self.starts.tobytes() + self.values.tobytes())
 
-class DistinctWindow:
+    def newest_ts(self) -> int:
+        return int(k.ring_newest(self.starts, self.resolution))
+
+
+class DistinctWindow(msgspec.Struct, gc=False):
     """Distinct count of value hashes: exact up to `cap` values per entity-window, then estimated.
 
     Past the cap the window turns into one HyperLogLog per ring slot (128
@@ -77,31 +103,36 @@ class DistinctWindow:
     it had, so its memory stays bounded whatever the cardinality.
     """
 
-    EXACT, ESTIMATED = 0, 1
+    resolution: int
+    window_buckets: int
+    cap: int
+    starts: np.ndarray
+    registers: np.ndarray | None = None  # uint8, slots x HLL_REGISTERS, once estimated
+    used: int = 0
+    hashes: np.ndarray = msgspec.field(default_factory=lambda: np.zeros(0, np.int64))  # the exact values kept
+    masks: np.ndarray = msgspec.field(default_factory=lambda: np.zeros(0, np.uint64))  # the slots each was seen in
 
-    def __init__(self, slots: int, resolution: int, window_buckets: int, cap: int, raw: bytes | None = None):
-        self.resolution, self.window_buckets, self.cap = resolution, window_buckets, cap
-        self.registers: np.ndarray | None = None
-        self.used = 0
-        self.hashes, self.masks = np.zeros(0, np.int64), np.zeros(0, np.uint64)
+    EXACT: ClassVar[int] = 0
+    ESTIMATED: ClassVar[int] = 1
+
+    @classmethod
+    def of(cls, slots: int, resolution: int, window_buckets: int, cap: int, raw: bytes | None = None) -> DistinctWindow:
         if raw is None:
-            self.starts = np.full(slots, k.EMPTY, np.int64)
-            self._allocate(8)
-            return
+            window = cls(resolution, window_buckets, cap, np.full(slots, k.EMPTY, np.int64))
+            window._allocate(8)
+            return window
         mode, used = (int(x) for x in np.frombuffer(raw, np.int64, 2))
-        self.starts = np.frombuffer(raw, np.int64, slots, offset=16).copy()
+        window = cls(resolution, window_buckets, cap, np.frombuffer(raw, np.int64, slots, offset=16).copy())
         offset = 16 + 8 * slots
-        if mode == self.ESTIMATED:
-            self.registers = (
-                np.frombuffer(raw, np.uint8, slots * k.HLL_REGISTERS, offset=offset)
-                .reshape(slots, k.HLL_REGISTERS)
-                .copy()
-            )
-            return
-        self._allocate(max(8, 2 * used))
-        self.hashes[:used] = np.frombuffer(raw, np.int64, used, offset=offset)
-        self.masks[:used] = np.frombuffer(raw, np.uint64, used, offset=offset + 8 * used)
-        self.used = used
+        if mode == cls.ESTIMATED:
+            registers = np.frombuffer(raw, np.uint8, slots * k.HLL_REGISTERS, offset=offset)
+            window.registers = registers.reshape(slots, k.HLL_REGISTERS).copy()
+            return window
+        window._allocate(max(8, 2 * used))
+        window.hashes[:used] = np.frombuffer(raw, np.int64, used, offset=offset)
+        window.masks[:used] = np.frombuffer(raw, np.uint64, used, offset=offset + 8 * used)
+        window.used = used
+        return window
 
     def _allocate(self, size: int) -> None:
         """Room for `size` values (at most the cap), keeping those there are."""
@@ -150,24 +181,27 @@ class DistinctWindow:
         return head + self.hashes[: self.used].tobytes() + self.masks[: self.used].tobytes()
 
 
-class SinceLastWindow:
+class SinceLastWindow(msgspec.Struct, gc=False):
     """Seconds from the entity's newest earlier event to `ts` (NaN if none).
 
     `value` at the `ts` of the event just added reports the gap to the event
     before it; otherwise the gap to the newest event counted so far.
     """
 
-    def __init__(self, raw: bytes | None = None) -> None:
-        self.last = -1 if raw is None else int(np.frombuffer(raw, np.int64, 1)[0])
-        self._added: tuple[int, int] | None = None  # (ts of the event just added, the newest ts before it)
+    last: int = -1
+    added: tuple[int, int] | None = None  # (ts of the event just added, the newest ts before it)
+
+    @classmethod
+    def of(cls, raw: bytes | None = None) -> SinceLastWindow:
+        return cls() if raw is None else cls(int(np.frombuffer(raw, np.int64, 1)[0]))
 
     def add(self, ts: int, value: float | int) -> bool:
-        self._added = (ts, self.last)
+        self.added = (ts, self.last)
         self.last = max(self.last, ts)
         return True
 
     def value(self, ts: int) -> float:
-        added, self._added = self._added, None
+        added, self.added = self.added, None
         previous = added[1] if added is not None and added[0] == ts else self.last
         return math.nan if previous < 0 else max(0.0, (ts - previous) / 1000)
 

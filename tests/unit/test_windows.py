@@ -15,23 +15,23 @@ def _round_trip(window, make):
 
 
 def test_sum_and_extreme_windows_survive_their_bytes():
-    total = SumWindow(SLOTS, RES, BUCKETS)
-    top = ExtremeWindow(SLOTS, RES, BUCKETS, True)
+    total = SumWindow.of(SLOTS, RES, BUCKETS)
+    top = ExtremeWindow.of(SLOTS, RES, BUCKETS, True)
     for ts, v in [(1000, 2), (2500, 5), (1800, 1)]:
         total.add(ts, v)
         top.add(ts, v)
-    total = _round_trip(total, lambda raw: SumWindow(SLOTS, RES, BUCKETS, raw))
-    top = _round_trip(top, lambda raw: ExtremeWindow(SLOTS, RES, BUCKETS, True, raw))
+    total = _round_trip(total, lambda raw: SumWindow.of(SLOTS, RES, BUCKETS, raw))
+    top = _round_trip(top, lambda raw: ExtremeWindow.of(SLOTS, RES, BUCKETS, True, raw))
     assert total.value(3000) == 8.0
     assert top.value(3000) == 5.0
-    assert math.isnan(ExtremeWindow(SLOTS, RES, BUCKETS, False).value(3000))
+    assert math.isnan(ExtremeWindow.of(SLOTS, RES, BUCKETS, False).value(3000))
 
 
 def test_distinct_is_exact_up_to_the_cap_then_estimated_and_bounded():
-    window = DistinctWindow(SLOTS, RES, BUCKETS, cap=32)
+    window = DistinctWindow.of(SLOTS, RES, BUCKETS, cap=32)
     for i in range(30):
         window.add(1000 + i, value_hash(f"v{i % 20}"))
-    window = DistinctWindow(SLOTS, RES, BUCKETS, 32, window.to_bytes())
+    window = DistinctWindow.of(SLOTS, RES, BUCKETS, 32, window.to_bytes())
     assert window.value(2000) == 20.0 and not window.estimated
     size_exact = len(window.to_bytes())
     for i in range(5000):
@@ -39,15 +39,15 @@ def test_distinct_is_exact_up_to_the_cap_then_estimated_and_bounded():
     assert window.estimated
     raw = window.to_bytes()
     assert len(raw) < size_exact + SLOTS * 128 + 64  # bounded: the registers replace the values
-    window = DistinctWindow(SLOTS, RES, BUCKETS, 32, raw)
+    window = DistinctWindow.of(SLOTS, RES, BUCKETS, 32, raw)
     assert window.value(9999) == pytest.approx(5020, rel=0.3)
 
 
 def test_since_last_reports_what_was_known_before_the_event():
-    window = SinceLastWindow()
+    window = SinceLastWindow.of()
     window.add(10_000, 1)
     assert math.isnan(window.value(10_000))
-    window = SinceLastWindow(window.to_bytes())
+    window = SinceLastWindow.of(window.to_bytes())
     assert window.value(25_000) == 15.0  # read only: the gap to the newest counted
     window.add(26_000, 1)
     assert window.value(26_000) == 16.0  # right after its own add: the gap to the one before
