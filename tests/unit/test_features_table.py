@@ -152,3 +152,25 @@ def test_the_sweep_reads_the_newest_time_of_a_window_as_decoding_it_would():
                 window.add(T0 + rng.randrange(10**8), rng.randrange(1, 10**6))
             raw = window.to_bytes()
             assert compiled.newest_ts(raw) == compiled.window(raw).newest_ts(), spec.name
+
+
+def test_decoded_windows_outlive_a_transaction_up_to_the_capacity_and_reflect_the_store(store):
+    spec = next(s for s in load_features(LATENESS) if s.name == "login_failures_by_ip_10m")
+    compiled, windows = CompiledFeature.of(spec, LATENESS), WindowCache(capacity=2)
+    keys = [b"\x03k1", b"\x03k2", b"\x03k3"]
+    for i, key in enumerate(keys):
+        windows.get(store, key, compiled).add(T0, 1)
+        windows.changed(store, key)
+        if i == 0:
+            windows.flush()
+    first = windows.get(store, keys[0], compiled)
+    windows.flush()  # writes k2 and k3; k1, written longest ago, is evicted
+    store.apply(store.take_changes(), 0)
+    assert windows.get(store, keys[2], compiled) is windows.get(store, keys[2], compiled)
+    again = windows.get(store, keys[0], compiled)
+    assert again is not first and again.value(T0) == 1.0, "read back from the store"
+    store.delete(keys[2])
+    windows.forget(store, keys[2])
+    assert windows.get(store, keys[2], compiled).value(T0) == 0.0
+    windows.clear()
+    assert windows.get(store, keys[1], compiled).value(T0) == 1.0
