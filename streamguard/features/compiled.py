@@ -9,13 +9,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-import numpy as np
-
 from streamguard.events import AnyEvent
 from streamguard.features.spec import FeatureSpec
 from streamguard.features.windows import DistinctWindow, ExtremeWindow, SinceLastWindow, SumWindow, Window
-from streamguard.kernels.window import ring_newest
 
+# Each window type's `newest_ts_in`: the newest time a window's bytes hold, read in place.
+_NEWEST_TS_IN: Final[dict[str, Callable[[bytes, int, int], int]]] = {
+    "count": SumWindow.newest_ts_in, "sum": SumWindow.newest_ts_in,
+    "min": ExtremeWindow.newest_ts_in, "max": ExtremeWindow.newest_ts_in,
+    "distinct": DistinctWindow.newest_ts_in, "since_last": SinceLastWindow.newest_ts_in,
+}  # fmt: skip
 _OPS: Final[dict[str, Callable[[Any, Any], bool]]] = {
     "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
     "in": lambda a, b: a in b,
@@ -88,11 +91,7 @@ class CompiledFeature:
 
     def newest_ts(self, raw: bytes) -> int:
         """`window(raw).newest_ts()` without decoding the window: what a sweep needs of each one."""
-        aggregate = self.spec.aggregate
-        if aggregate == "since_last":
-            return int.from_bytes(raw[:8], "little", signed=True)
-        offset = 16 if aggregate == "distinct" else 0  # a distinct window starts with its mode and size
-        return int(ring_newest(np.frombuffer(raw, np.int64, self.slots, offset), self.resolution_ms))
+        return _NEWEST_TS_IN[self.spec.aggregate](raw, self.slots, self.resolution_ms)
 
     def window(self, raw: bytes | None) -> Window:
         spec = self.spec

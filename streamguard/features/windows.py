@@ -64,6 +64,11 @@ class SumWindow(msgspec.Struct, gc=False):
     def newest_ts(self) -> int:
         return int(k.ring_newest(self.starts, self.resolution))
 
+    @staticmethod
+    def newest_ts_in(raw: bytes, slots: int, resolution: int) -> int:
+        """`newest_ts` of the window `raw` holds, read in place (what a sweep needs of each window)."""
+        return int(k.ring_newest(np.frombuffer(raw, np.int64, slots), resolution))
+
 
 class ExtremeWindow(msgspec.Struct, gc=False):
     """min or max; NaN for an empty window."""
@@ -93,6 +98,8 @@ class ExtremeWindow(msgspec.Struct, gc=False):
 
     def newest_ts(self) -> int:
         return int(k.ring_newest(self.starts, self.resolution))
+
+    newest_ts_in = staticmethod(SumWindow.newest_ts_in)  # the same bytes
 
 
 class DistinctWindow(msgspec.Struct, gc=False):
@@ -163,6 +170,11 @@ class DistinctWindow(msgspec.Struct, gc=False):
     def newest_ts(self) -> int:
         return int(k.ring_newest(self.starts, self.resolution))
 
+    @staticmethod
+    def newest_ts_in(raw: bytes, slots: int, resolution: int) -> int:
+        """`newest_ts` read in place: the ring follows the mode and the number of values."""
+        return int(k.ring_newest(np.frombuffer(raw, np.int64, slots, offset=16), resolution))
+
     def _to_estimate(self) -> None:
         self.registers = np.zeros((self.starts.shape[0], k.HLL_REGISTERS), np.uint8)
         k.hll_from_exact(self.hashes, self.masks, self.used, self.registers)
@@ -210,3 +222,7 @@ class SinceLastWindow(msgspec.Struct, gc=False):
 
     def newest_ts(self) -> int:
         return self.last
+
+    @staticmethod
+    def newest_ts_in(raw: bytes, slots: int, resolution: int) -> int:
+        return int(np.frombuffer(raw, np.int64, 1)[0])
