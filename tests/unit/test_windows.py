@@ -24,6 +24,8 @@ def test_sum_and_extreme_windows_survive_their_bytes():
     top = _round_trip(top, lambda raw: ExtremeWindow.of(SLOTS, RES, BUCKETS, True, raw))
     assert total.value(3000) == 8.0
     assert top.value(3000) == 5.0
+    for window in (total, top):
+        assert type(window).newest_ts_in(window.to_bytes(), SLOTS, RES) == window.newest_ts() == 2999
     assert math.isnan(ExtremeWindow.of(SLOTS, RES, BUCKETS, False).value(3000))
 
 
