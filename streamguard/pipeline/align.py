@@ -72,12 +72,14 @@ class _PartitionQueue:
         self._records: deque[tuple[int, int, Incoming]] = deque()  # (ts, arrival number, record)
         self._newest: deque[tuple[int, int]] = deque()  # decreasing ts: the maximum of every suffix
         self._arrivals = 0
+        self.last_ts = -1  # the ts of the last record polled, kept when the queue empties
 
     def __len__(self) -> int:
         return len(self._records)
 
     def append(self, ts: int, record: Incoming) -> None:
         self._arrivals += 1
+        self.last_ts = ts
         self._records.append((ts, self._arrivals, record))
         while self._newest and self._newest[-1][0] <= ts:
             self._newest.pop()
@@ -116,7 +118,6 @@ class Aligner:
         self._empty_since: dict[Partition, float] = {}  # lagging partitions with nothing buffered
         self._partitions: set[Partition] = set()  # the assigned input partitions
         self.released_ts = 0  # the newest event time released: how far this worker has read
-        self._last_ts: dict[Partition, int] = {}  # per partition, the ts of the last record polled
 
     def __len__(self) -> int:
         return len(self._passing) + sum(len(q) for q in self._queues.values())
@@ -130,7 +131,6 @@ class Aligner:
         for p in gone:
             self._partitions.discard(p)
             self._queues.pop(p, None)
-            self._last_ts.pop(p, None)
         self._passing = [r for r in self._passing if (r.topic, r.partition) not in gone]
 
     def add(self, records: list[Incoming]) -> None:
@@ -151,9 +151,7 @@ class Aligner:
             if ts < 0:
                 self._passing.append(record)
             else:
-                key = (record.topic, record.partition)
-                self._queues.setdefault(key, _PartitionQueue()).append(ts, record)
-                self._last_ts[key] = ts
+                self._queues.setdefault((record.topic, record.partition), _PartitionQueue()).append(ts, record)
 
     def release(self, limit: int, span_ms: int, horizon_ts: int | None = None) -> list[Incoming]:
         """Up to `limit` records within `span_ms` of event time, in event-time order across partitions.
@@ -190,7 +188,7 @@ class Aligner:
             if queue:
                 heapq.heappush(heads, (queue.head_ts(), p))
             elif self._lagging(p):
-                until = min(until, self._last_ts[p])  # its next records are no older than its last
+                until = min(until, queue.last_ts)  # its next records are no older than its last
         return out
 
     @staticmethod
@@ -207,7 +205,6 @@ class Aligner:
             first[key] = min(first.get(key, record.offset), record.offset)
         self._passing.clear()
         self._queues.clear()
-        self._last_ts.clear()
         return first
 
     def caught_up(self) -> bool:
@@ -230,10 +227,11 @@ class Aligner:
         now = time.monotonic()
         bound: int | None = 2**62
         for p in self._partitions:
-            if self._queues.get(p) or not self._lagging(p):
+            queue = self._queues.get(p)
+            if queue or not self._lagging(p):
                 self._empty_since.pop(p, None)
                 continue
-            last = self._last_ts.get(p, -1)
+            last = queue.last_ts if queue is not None else -1  # no queue: it gave nothing yet
             if last >= oldest_head:
                 bound = None if bound is None else min(bound, last)
                 continue
