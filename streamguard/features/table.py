@@ -104,7 +104,7 @@ class EntityFeatures:
         scanned = store.items_from(after, keys.FEATURE_END, limit)
         for key, raw in scanned:
             compiled = self._by_state_key.get(keys.state_key_of_feature(key))
-            if key in store.pending:  # written in this transaction (`flush` comes first): in use
+            if store.uncommitted(key):  # written by a transaction not applied yet (`flush` comes first): in use
                 continue
             if compiled is None or compiled.newest_ts(raw) < watermark_ts - compiled.lifetime_ms:
                 store.delete(key)

@@ -7,6 +7,16 @@ at all (KIP-447: `send_offsets_to_transaction` with the consumer's group
 metadata fences a worker that lost its partitions). Local RocksDB state is
 written only after the commit. This is what gives exactly one verdict per
 event through SIGKILL, restarts and rebalances.
+
+A transaction spends most of its time waiting for the broker (records
+acknowledged, offsets, commit markers on every partition it wrote). So it is
+committed on a thread of its own, while the engine thread goes on polling and
+processing what arrives, on top of the committing state
+(`PartitionStore.committing`). Everything processed meanwhile becomes the next
+transaction, handed over the moment the previous one has committed: an event
+waits for at most the rest of one commit before its own. If a transaction
+aborts, what was processed after it is thrown away too, and all of it is read
+again.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +62,8 @@ PEER_SILENCE_S = 2.0  # a peer not heard from for this long does not hold this w
 CAUGHT_UP = 2**62  # the progress of a worker with nothing left to read: it holds no one back
 RESTORE_TIMEOUT_S = 600.0
 GC_THRESHOLDS = (50_000, 20, 100)  # allocations before a young collection; young ones per older one
+IDLE_POLL_S = 0.1  # how long a poll waits for records when nothing is waiting to be handed over
+WAITING_POLL_S = 0.001  # ... when processed work waits for the commit in flight to end
 
 
 @dataclass
@@ -77,6 +90,24 @@ class EngineStats:
             "shards": sorted(self.shards),
             "last_commit_ms": round(self.last_commit_ms, 2),
         }
+
+
+@dataclass
+class Processed:
+    """Batches processed but not yet handed to a transaction: their state changes are pending in the stores."""
+
+    records: list[Incoming] = field(default_factory=list)
+    outs: list[Outgoing] = field(default_factory=list)
+    touched: set[int] = field(default_factory=set)  # the shards whose state they changed
+    duplicates: int = 0
+
+
+@dataclass
+class InFlight:
+    """Batches whose transaction the committer thread is running; its result: each shard's changelog offset."""
+
+    processed: Processed
+    result: Future[dict[int, int]]
 
 
 def kafka_config(settings: Settings) -> dict[str, Any]:
@@ -112,6 +143,10 @@ class Engine:
         self._work = ShardWork(
             names, features, detector, pseudonymizer, self._stores.__getitem__, self._recent.__getitem__, features_topic
         )
+        self._producer: Producer | None = None
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix="streamguard-commit")
+        self._in_flight: InFlight | None = None
+        self._processed = Processed()
         self.stats = EngineStats()
         self.ready = threading.Event()
         self.transaction_started: float | None = None  # time.monotonic(); None between transactions
@@ -125,7 +160,7 @@ class Engine:
         # startup's objects are frozen out of it.
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
-        producer = Producer(self._producer_config())
+        producer = self._producer = Producer(self._producer_config())
         # Aborts what a killed predecessor left open; waits for a broker that is away.
         _retrying(lambda: producer.init_transactions(TXN_TIMEOUT_S))
         consumer = self._consumer = Consumer(self._consumer_config())
@@ -138,19 +173,28 @@ class Engine:
         log.info("engine started as %s", self._worker_id)
         try:
             while not stop.is_set():
-                self._aligner.add(self._poll(consumer))
+                # While processed work waits for the commit in flight, poll briefly: the hand-over is due.
+                waiting = self._in_flight is not None and bool(self._processed.records)
+                self._aligner.add(self._poll(consumer, WAITING_POLL_S if waiting else IDLE_POLL_S))
                 self._pause_full(consumer)
                 span = self._settings.batch_max_span_ms
                 batch = self._aligner.release(self._settings.batch_max_events, span, self._peer_horizon(span))
                 if batch:
-                    self._transact(consumer, producer, batch)
+                    self._process(batch, int(time.time() * 1000))
+                self._hand_over(consumer, producer)
+            self._drain(consumer, producer)  # a stop commits what was processed
         finally:
-            consumer.close()
-            self._close_stores(list(self._stores))
-            log.info("engine stopped")
+            try:
+                # After an error, only the transaction in flight: the stores may hold part of a batch.
+                self._settle(consumer, producer)
+            finally:
+                self._committer.shutdown()
+                consumer.close()
+                self._close_stores(list(self._stores))
+                log.info("engine stopped")
 
-    def _poll(self, consumer: Consumer) -> list[Incoming]:
-        first = consumer.poll(0.1)
+    def _poll(self, consumer: Consumer, timeout_s: float) -> list[Incoming]:
+        first = consumer.poll(timeout_s)
         self.ready.set()
         if first is None:
             return []
@@ -164,38 +208,73 @@ class Engine:
                 log.warning("consumer error: %s", err)
         return batch
 
-    def _transact(self, consumer: Consumer, producer: Producer, batch: list[Incoming]) -> None:
+    def _hand_over(self, consumer: Consumer, producer: Producer) -> None:
+        """Start a transaction for what was processed, once the one in flight (if any) has committed.
+
+        Processing goes on while a commit is in flight, up to `batch_max_events`
+        records; then it waits for the commit.
+        """
+        processed = self._processed
+        flight = self._in_flight
+        if flight is not None:
+            if not flight.result.done() and len(processed.records) < self._settings.batch_max_events:
+                return
+            if not self._settle(consumer, producer):
+                return  # it aborted, and took what was processed on its state with it
+        if processed.records:
+            self._submit(consumer, producer)
+
+    def _submit(self, consumer: Consumer, producer: Producer) -> None:
+        processed, self._processed = self._processed, Processed()
+        changes = {shard: self._stores[shard].take_changes() for shard in processed.touched}
+        changes = {shard: c for shard, c in changes.items() if c}
+        group = consumer.consumer_group_metadata()
+        producer.begin_transaction()  # local to the producer: no broker round trip
+        result = self._committer.submit(self._commit_batch, producer, group, processed, changes)
+        self._in_flight = InFlight(processed, result)
+
+    def _settle(self, consumer: Consumer, producer: Producer) -> bool:
+        """Wait for the transaction in flight; False if it aborted (what was processed since is dropped too)."""
+        flight, self._in_flight = self._in_flight, None
+        if flight is None:
+            return True
+        try:
+            flight.result.result()
+        except KafkaException as exc:
+            later, self._processed = self._processed, Processed()
+            self._abort(consumer, producer, [*flight.processed.records, *later.records], exc)
+            return False
+        self._count(flight.processed)
+        self.stats.transactions += 1
+        return True
+
+    def _drain(self, consumer: Consumer, producer: Producer) -> None:
+        """Commit everything processed (before partitions change hands, or at a stop)."""
+        if self._settle(consumer, producer) and self._processed.records:
+            self._submit(consumer, producer)
+            self._settle(consumer, producer)
+
+    def _commit_batch(
+        self, producer: Producer, group: object, processed: Processed, changes: Changeset
+    ) -> dict[int, int]:
+        """On the committer thread: one transaction for the records, state changes and offsets of `processed`."""
+        started = time.perf_counter()
         self.transaction_started = time.monotonic()
         try:
-            self._transact_once(consumer, producer, batch)
-        finally:
-            self.transaction_started = None
-
-    def _transact_once(self, consumer: Consumer, producer: Producer, batch: list[Incoming]) -> None:
-        started = time.perf_counter()
-        now_ms = int(time.time() * 1000)
-        producer.begin_transaction()
-        try:
-            outs, changes, duplicates = self._process(batch, now_ms)
-            changelog = self._send(producer, outs, changes)
+            changelog = self._send(producer, processed.outs, changes)
             # The consumed offsets go to the group coordinator while the records are on their way.
-            producer.send_offsets_to_transaction(
-                _next_offsets(batch), consumer.consumer_group_metadata(), TXN_TIMEOUT_S
-            )
+            producer.send_offsets_to_transaction(_next_offsets(processed.records), group, TXN_TIMEOUT_S)
             offsets = changelog.wait(producer)
             _commit(producer)
-        except KafkaException as exc:
-            self._abort(consumer, producer, batch, exc)
-            return
+        finally:
+            self.transaction_started = None
         for shard, offset in offsets.items():
             self._stores[shard].apply(changes[shard], offset)
-        self._count(batch, outs)
-        self.stats.duplicates += duplicates
-        self.stats.transactions += 1
         self.stats.last_commit_ms = 1000 * (time.perf_counter() - started)
+        return offsets
 
-    def _process(self, batch: list[Incoming], now_ms: int) -> tuple[list[Outgoing], Changeset, int]:
-        """Everything the batch produces, the state changes per shard, and the duplicates dropped.
+    def _process(self, batch: list[Incoming], now_ms: int) -> None:
+        """Add to `_processed` everything the batch produces; its state changes are left pending in the stores.
 
         Work for shards this worker owns is done in this same transaction, and
         so is the work it leads to (with one worker, an event is decided in
@@ -239,8 +318,11 @@ class Engine:
         outs += [out for shard, items in remote.items() for out in self._ingest.shard_records(shard, items)]
         self._work.flush()
         self._work.expire(touched)
-        changes = {shard: self._stores[shard].take_changes() for shard in touched}
-        return outs, {shard: c for shard, c in changes.items() if c}, result.duplicates
+        processed = self._processed
+        processed.records += batch
+        processed.outs += outs
+        processed.touched |= touched
+        processed.duplicates += result.duplicates
 
     def _send(self, producer: Producer, outs: list[Outgoing], changes: Changeset) -> ChangelogDeliveries:
         """Produce everything; what to wait on for the changelog offset each shard's changes land at."""
@@ -252,7 +334,8 @@ class Engine:
                 _produce(producer, self._names.changelog, record, None, shard, None, changelog.expect(shard))
         return changelog
 
-    def _abort(self, consumer: Consumer, producer: Producer, batch: list[Incoming], exc: KafkaException) -> None:
+    def _abort(self, consumer: Consumer, producer: Producer, records: list[Incoming], exc: KafkaException) -> None:
+        """Abort the transaction, forget what `records` did, and read them (and what followed) again."""
         error: KafkaError = exc.args[0]
         if error.fatal():
             raise exc
@@ -260,21 +343,25 @@ class Engine:
         _retrying(lambda: producer.abort_transaction(TXN_TIMEOUT_S))
         self._work.clear()
         for shard, store in self._stores.items():
-            store.discard_pending()
+            store.discard_uncommitted()
             self._recent[shard] = self._recent_ids(store)  # forget what the aborted batch taught it
         assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
-        first = self._aligner.unreleased()  # what was polled after the batch is polled again
-        for tp in _first_offsets(batch):
+        first = self._aligner.unreleased()  # what was polled after the batches is polled again
+        for tp in _first_offsets(records):
             first[(tp.topic, tp.partition)] = min(first.get((tp.topic, tp.partition), tp.offset), tp.offset)
         for (topic, partition), offset in first.items():
             if (topic, partition) in assigned:
-                consumer.seek(TopicPartition(topic, partition, offset))
+                try:
+                    consumer.seek(TopicPartition(topic, partition, offset))
+                except KafkaException as seek_error:  # being revoked: its next owner starts from the commit
+                    log.warning("not read again here: %s [%d]: %s", topic, partition, seek_error)
         self.stats.aborted += 1
 
-    def _count(self, batch: list[Incoming], outs: list[Outgoing]) -> None:
-        self.stats.events_in += sum(1 for record in batch if record.topic != self._names.shard_topic)
+    def _count(self, processed: Processed) -> None:
+        self.stats.events_in += sum(1 for record in processed.records if record.topic != self._names.shard_topic)
+        self.stats.duplicates += processed.duplicates
         verdict_type = {topic: kind for kind, topic in self._names.verdicts.items()}
-        for out in outs:
+        for out in processed.outs:
             if out.topic == self._names.deadletter:
                 self.stats.deadletters[error_code(out)] += 1
             elif out.topic in verdict_type:
@@ -283,6 +370,7 @@ class Engine:
     # --- partitions and their state -------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._settle_in_rebalance(consumer)
         self._aligner.assign([(tp.topic, tp.partition) for tp in partitions])
         self._work.clear()  # a restore writes to the stores behind its back
         self._note_start_offsets(consumer, [tp for tp in partitions if tp.topic != self._names.shard_topic])
@@ -298,11 +386,17 @@ class Engine:
         log.info("assigned %d partitions, shards %s", len(partitions), shards)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._settle_in_rebalance(consumer)
         self._aligner.revoke([(tp.topic, tp.partition) for tp in partitions])
         self._work.clear()  # its caches are keyed by store: a closed store's id may be reused
         self._paused -= {(tp.topic, tp.partition) for tp in partitions}
         self._close_stores([tp.partition for tp in partitions if tp.topic == self._names.shard_topic])
         self.stats.shards = sorted(self._stores)
+
+    def _settle_in_rebalance(self, consumer: Consumer) -> None:
+        """What was processed is committed (or aborted) before partitions and their stores change hands."""
+        if self._producer is not None:
+            self._drain(consumer, self._producer)
 
     def _peer_horizon(self, span_ms: int) -> int | None:
         """How far this worker may read: the slowest peer heard from lately, plus `span_ms` (None: no peer)."""

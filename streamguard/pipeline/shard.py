@@ -152,7 +152,7 @@ class ShardWork:
         cursor = self._fingerprint_cursor.get(shard, keys.DEVICE_FINGERPRINT)
         scanned = store.items_from(cursor, keys.DEVICE_FINGERPRINT_END, EXPIRE_PER_BATCH)
         for key, raw in scanned:
-            if key not in store.pending and keys.decode_u64(raw[:8]) < before_ts:
+            if not store.uncommitted(key) and keys.decode_u64(raw[:8]) < before_ts:
                 store.delete(key)
         full = len(scanned) == EXPIRE_PER_BATCH
         self._fingerprint_cursor[shard] = scanned[-1][0] + b"\x00" if full else keys.DEVICE_FINGERPRINT

@@ -1,11 +1,15 @@
 """A RocksDB store for one internal partition, written once per transaction.
 
-Writes are buffered in `pending` while a transaction is open and sent to the
-changelog topic as one record inside that transaction (`take_changes`). Only
-after the transaction commits are they applied to RocksDB (`apply`), together
-with the changelog offset they came from, written last. So local
-state never holds an aborted write, and after a crash the store catches up by
-replaying the changelog from its checkpoint (`restore`).
+Writes are buffered in `pending` while a batch is processed, then taken
+(`take_changes`) and sent to the changelog topic inside the batch's
+transaction. Only after the transaction commits are they applied to RocksDB
+(`apply`), together with the changelog offset they came from, written last.
+So local state never holds an aborted write, and after a crash the store
+catches up by replaying the changelog from its checkpoint (`restore`).
+
+While a transaction commits (on another thread), the next batch is already
+processed: reads see its own writes (`pending`), then the committing
+transaction's (`committing`), then RocksDB.
 """
 
 from __future__ import annotations
@@ -70,20 +74,28 @@ def decode_changes(raw: bytes) -> Changes:
 
 
 class PartitionStore:
-    """State of one internal partition: reads see pending writes; RocksDB sees committed ones."""
+    """State of one internal partition: reads see pending and committing writes; RocksDB sees committed ones."""
 
     def __init__(self, path: Path, options: Options) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = Rdict(str(path), options, access_type=AccessType.read_write())
         self.pending: Changes = {}
+        self.committing: Changes = {}  # taken by the transaction being committed, until applied
         self._closed = False
 
     def get(self, key: bytes) -> bytes | None:
         if key in self.pending:
             return self.pending[key]
+        committing = self.committing  # swapped for {} by `apply` on the committing thread
+        if key in committing:
+            return committing[key]
         value: bytes | None = self._db.get(key)
         return value
+
+    def uncommitted(self, key: bytes) -> bool:
+        """Whether `key` has a write RocksDB does not hold yet (a scan of RocksDB sees its old value)."""
+        return key in self.pending or key in self.committing
 
     def put(self, key: bytes, value: bytes) -> None:
         self.pending[key] = value
@@ -114,8 +126,13 @@ class PartitionStore:
         return found
 
     def take_changes(self) -> Changes:
-        """The writes of the open transaction; they stay readable until `apply` or `discard`."""
-        return self.pending
+        """The pending writes, for a transaction; they stay readable (as `committing`) until `apply` or `discard`.
+
+        The previous transaction's changes must have been applied (or discarded).
+        """
+        assert not self.committing, "the previous transaction's changes are not applied yet"
+        self.committing, self.pending = self.pending, {}
+        return self.committing
 
     def apply(self, changes: Changes, changelog_offset: int) -> None:
         """Make `changes` durable locally, with the changelog offset that holds them (written last).
@@ -130,8 +147,8 @@ class PartitionStore:
         for start in range(0, len(items), APPLY_BATCH):
             self._write(items[start : start + APPLY_BATCH])
         self._write([(keys.CHECKPOINT, keys.encode_u64(changelog_offset))])
-        if changes is self.pending:
-            self.pending = {}
+        if changes is self.committing:
+            self.committing = {}
 
     def _write(self, items: list[tuple[bytes, bytes | None]]) -> None:
         batch = WriteBatch(raw_mode=True)
@@ -142,8 +159,9 @@ class PartitionStore:
                 batch.put(key, value)
         self._db.write(batch)
 
-    def discard_pending(self) -> None:
-        self.pending = {}
+    def discard_uncommitted(self) -> None:
+        """Forget the pending and committing writes (their transaction aborted)."""
+        self.pending, self.committing = {}, {}
 
     @property
     def checkpoint(self) -> int | None:

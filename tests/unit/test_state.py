@@ -35,7 +35,7 @@ def test_applied_writes_survive_a_reopen_with_their_checkpoint(open_store):
     store = open_store()
     store.put(b"a", b"1")
     store.apply(store.take_changes(), 17)
-    assert store.pending == {}
+    assert store.pending == {} and store.committing == {}
     store.close()
     again = open_store()
     assert again.get(b"a") == b"1"
@@ -45,8 +45,30 @@ def test_applied_writes_survive_a_reopen_with_their_checkpoint(open_store):
 def test_discarded_writes_are_gone(open_store):
     store = open_store()
     store.put(b"a", b"1")
-    store.discard_pending()
-    assert store.get(b"a") is None
+    store.take_changes()
+    store.put(b"b", b"2")
+    store.discard_uncommitted()
+    assert store.get(b"a") is None and store.get(b"b") is None
+    assert not store.uncommitted(b"a")
+
+
+def test_the_next_batch_reads_the_committing_transaction_over_rocksdb_and_its_own_writes_over_both(open_store):
+    store = open_store()
+    store.put(b"a", b"old")
+    store.put(b"b", b"old")
+    store.apply(store.take_changes(), 1)
+    store.put(b"a", b"committing")
+    store.delete(b"b")
+    committing = store.take_changes()  # its transaction is on its way; the next batch is processed meanwhile
+    assert store.get(b"a") == b"committing" and store.get(b"b") is None and store.uncommitted(b"b")
+    assert store.items_from(b"a", b"z", 10) == [(b"a", b"old"), (b"b", b"old")]  # scans see RocksDB only
+    store.put(b"a", b"next")
+    assert store.get(b"a") == b"next"
+    store.apply(committing, 2)
+    assert store.committing == {} and store.get(b"b") is None and store.get(b"a") == b"next"
+    assert store.items_from(b"a", b"z", 10) == [(b"a", b"committing")]
+    store.apply(store.take_changes(), 3)
+    assert store.get(b"a") == b"next" and store.checkpoint == 3
 
 
 def test_changes_round_trip_through_the_changelog_encoding():
