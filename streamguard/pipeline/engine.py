@@ -97,6 +97,7 @@ class Processed:
     """Batches processed but not yet handed to a transaction: their state changes are pending in the stores."""
 
     records: list[Incoming] = field(default_factory=list)
+    since_ts: int = 0  # how far in event time the worker had read before the first of them
     outs: list[Outgoing] = field(default_factory=list)
     touched: set[int] = field(default_factory=set)  # the shards whose state they changed
     duplicates: int = 0
@@ -177,8 +178,7 @@ class Engine:
                 waiting = self._in_flight is not None and bool(self._processed.records)
                 self._aligner.add(self._poll(consumer, WAITING_POLL_S if waiting else IDLE_POLL_S))
                 self._pause_full(consumer)
-                span = self._settings.batch_max_span_ms
-                batch = self._aligner.release(self._settings.batch_max_events, span, self._peer_horizon(span))
+                batch = self._release()
                 if batch:
                     self._process(batch, int(time.time() * 1000))
                 self._hand_over(consumer, producer)
@@ -192,6 +192,19 @@ class Engine:
                 consumer.close()
                 self._close_stores(list(self._stores))
                 log.info("engine stopped")
+
+    def _release(self) -> list[Incoming]:
+        """The next batch: what is processed ahead of a transaction stays within one transaction's limits."""
+        processed, span = self._processed, self._settings.batch_max_span_ms
+        room = self._settings.batch_max_events - len(processed.records)
+        if room <= 0:
+            return []
+        horizon = self._peer_horizon(span)
+        if processed.records:  # one transaction covers at most the span past what was read before it
+            horizon = min(horizon or CAUGHT_UP, processed.since_ts + span)
+        else:
+            processed.since_ts = self._aligner.released_ts
+        return self._aligner.release(room, span, horizon)
 
     def _poll(self, consumer: Consumer, timeout_s: float) -> list[Incoming]:
         first = consumer.poll(timeout_s)
@@ -276,9 +289,9 @@ class Engine:
     def _process(self, batch: list[Incoming], now_ms: int) -> None:
         """Add to `_processed` everything the batch produces; its state changes are left pending in the stores.
 
-        Work for shards this worker owns is done in this same transaction, and
-        so is the work it leads to (with one worker, an event is decided in
-        the transaction that read it); work for other shards travels to their
+        Work for shards this worker owns is done in this same batch, and so
+        is the work it leads to (with one worker, an event is decided in the
+        batch that read it); work for other shards travels to their
         owners as one shards-topic record per shard, with how far in event time
         this worker has read its inputs (see `_peer_horizon`).
         """
@@ -370,7 +383,7 @@ class Engine:
     # --- partitions and their state -------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._settle_in_rebalance(consumer)
+        self._drain_before_rebalance(consumer)
         self._aligner.assign([(tp.topic, tp.partition) for tp in partitions])
         self._work.clear()  # a restore writes to the stores behind its back
         self._note_start_offsets(consumer, [tp for tp in partitions if tp.topic != self._names.shard_topic])
@@ -386,14 +399,14 @@ class Engine:
         log.info("assigned %d partitions, shards %s", len(partitions), shards)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._settle_in_rebalance(consumer)
+        self._drain_before_rebalance(consumer)
         self._aligner.revoke([(tp.topic, tp.partition) for tp in partitions])
         self._work.clear()  # its caches are keyed by store: a closed store's id may be reused
         self._paused -= {(tp.topic, tp.partition) for tp in partitions}
         self._close_stores([tp.partition for tp in partitions if tp.topic == self._names.shard_topic])
         self.stats.shards = sorted(self._stores)
 
-    def _settle_in_rebalance(self, consumer: Consumer) -> None:
+    def _drain_before_rebalance(self, consumer: Consumer) -> None:
         """What was processed is committed (or aborted) before partitions and their stores change hands."""
         if self._producer is not None:
             self._drain(consumer, self._producer)
