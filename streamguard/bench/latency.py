@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from streamguard.bench.traffic import flush, producer
 from streamguard.demo.traffic import DemoTraffic
@@ -89,12 +89,22 @@ class VerdictClock:
 
 def _end_offsets(consumer: Consumer, topics: list[str]) -> list[TopicPartition]:
     meta = consumer.list_topics(timeout=10).topics
-    ends = []
-    for topic in topics:
-        for partition in meta[topic].partitions:
-            _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-            ends.append(TopicPartition(topic, partition, high))
-    return ends
+    return [
+        _at_end(consumer, TopicPartition(topic, partition)) for topic in topics for partition in meta[topic].partitions
+    ]
+
+
+def _at_end(consumer: Consumer, tp: TopicPartition, timeout_s: float = 30.0) -> TopicPartition:
+    """`tp` at its end offset; a topic created a moment ago may have no leader yet."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            _, high = consumer.get_watermark_offsets(tp, timeout=10)
+            return TopicPartition(tp.topic, tp.partition, high)
+        except KafkaException:  # e.g. NOT_LEADER_FOR_PARTITION, which librdkafka does not mark retriable here
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def measure(

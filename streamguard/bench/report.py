@@ -30,6 +30,9 @@ METHODS = {
     "worker": "one streamguard worker, every feature of features/*.toml and the default ruleset",
     "latency": "events stamped and sent at the wall clock, paced at 25/50/75% of the worker's events/s, after a "
     "warm-up at 25% not recorded; latency = verdict readable (read_committed) - just before produce, one clock",
+    "floor": "the same latency runs through streamguard.bench.floor instead of the worker: per poll, one "
+    "transaction like a worker's (a record per event on verdicts.<type> keyed by event_id, an empty record on "
+    "every state-changelog partition, the consumed offsets) and no other work: exactly-once's own cost",
     "sustained": "the highest latency load after whose last send the last verdict came within 1 s (bounded lag); "
     "the ratios use the drain rates, measured the same way for every path",
     "rss": "VmHWM of the worker process from /proc/<pid>/status, at the end of the run",
@@ -80,6 +83,7 @@ class Report:
     sizes: dict[str, Any]
     paths: dict[str, PathResult]
     latency: list[LatencyLevel]
+    floor_latency: list[LatencyLevel]  # the exactly-once floor at the same loads
     worker_peak_rss_bytes: int
     state: dict[str, Any]
     stalls: Stalls
@@ -114,7 +118,9 @@ class Report:
         path.write_text(json.dumps(self.as_json(), indent=2) + "\n")
 
     def table(self) -> str:
-        return "\n".join([*self._throughput_lines(), "", *self._latency_lines(), "", *self._other_lines()])
+        floor = ["exactly-once floor (the worker's transactions, no work in them), same loads:"]
+        floor += _level_lines(self.floor_latency)
+        return "\n".join([*self._throughput_lines(), "", *self._latency_lines(), "", *floor, "", *self._other_lines()])
 
     def _throughput_lines(self) -> list[str]:
         lines = [
@@ -129,18 +135,12 @@ class Report:
         return [*lines, ratios]
 
     def _latency_lines(self) -> list[str]:
-        header = (
-            f"{'load':>5} {'sent/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'max ms':>8} {'caught up s':>11}"
-        )
-        lines = [header]
-        for lv in self.latency:
-            lines.append(
-                f"{lv.load:>5.0%} {lv.sent_rate:>8,.0f} {lv.p50_ms:>8.1f} {lv.p99_ms:>8.1f} "
-                f"{lv.p999_ms:>9.1f} {lv.max_ms:>8.1f} {lv.caught_up_s:>11.2f}"
-            )
         sustained = self.sustained_events_per_s
         kept = "none of these loads" if sustained is None else f"{sustained:,.0f} events/s"
-        return [*lines, f"kept up (last verdict within {CAUGHT_UP_S:g} s of the last send) at up to: {kept}"]
+        return [
+            *_level_lines(self.latency),
+            f"kept up (last verdict within {CAUGHT_UP_S:g} s of the last send) at up to: {kept}",
+        ]
 
     def _other_lines(self) -> list[str]:
         s = self.stalls
@@ -157,6 +157,17 @@ class Report:
             sign = ">=" if t.higher_is_better else "<="
             lines.append(f"  {'PASS' if t.passed else 'FAIL'}  {t.name}: {measured} (target {sign} {t.limit:g})")
         return lines
+
+
+def _level_lines(levels: list[LatencyLevel]) -> list[str]:
+    header = f"{'load':>5} {'sent/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'max ms':>8} {'caught up s':>11}"
+    lines = [header]
+    for lv in levels:
+        lines.append(
+            f"{lv.load:>5.0%} {lv.sent_rate:>8,.0f} {lv.p50_ms:>8.1f} {lv.p99_ms:>8.1f} "
+            f"{lv.p999_ms:>9.1f} {lv.max_ms:>8.1f} {lv.caught_up_s:>11.2f}"
+        )
+    return lines
 
 
 def _ratio(a: PathResult | None, b: PathResult | None) -> float | None:

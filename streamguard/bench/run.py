@@ -5,7 +5,8 @@ then starts its consumer on them from the beginning with a group of its own,
 and reads its output as it comes (see `outputs`): the raw pass-through, the
 Quix peer, then the worker. The worker stays up for the latency runs at 25%,
 50% and 75% of its measured throughput, then its memory, state and stalls
-are read and it is stopped.
+are read and it is stopped. Last, the exactly-once floor (`floor`) runs at
+the same loads: the latency of the worker's transactions with no work in them.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import platform
 import secrets
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
@@ -157,13 +160,30 @@ def _worker_and_latency(
         outputs.settle(consumer, drained, SETTLE_S)
         consumer.close()
         paths["worker"] = _result("worker", sent, drained, worker.child.peak_rss_bytes())
-        levels = _latency(settings.bootstrap, prefix, worker, paths["worker"].events_per_s, options, census)
+        throughput = paths["worker"].events_per_s
+        levels = _latency("worker", settings.bootstrap, prefix, worker.child.check_alive, throughput, options,
+                          census.observe)  # fmt: skip
         stats, rss = worker.stats(), worker.child.peak_rss_bytes()
     finally:
         worker.child.stop()
-    report = _report(settings, options, paths, levels, rss, worker, stats, census)
+    floor = _floor_latency(settings.bootstrap, client, run_id, throughput, options, workdir)
+    report = _report(settings, options, paths, levels, floor, rss, worker, stats, census)
     report.judge()
     return report
+
+
+def _floor_latency(
+    bootstrap: str, client: AdminClient, run_id: str, throughput: float, options: BenchOptions, workdir: Path
+) -> list[latency.LatencyLevel]:
+    """The exactly-once floor's latency at the worker's loads, on topics shaped like the worker's."""
+    prefix, app_id = f"{run_id}x-", f"{run_id}x"
+    topics.create_worker_topics(client, prefix, app_id)
+    argv = [sys.executable, "-m", "streamguard.bench.floor", "--bootstrap", bootstrap, "--prefix", prefix]
+    child = start("the exactly-once floor", [*argv, "--app-id", app_id], workdir / "floor.log")
+    try:
+        return _latency("floor", bootstrap, prefix, child.check_alive, throughput, options, lambda _event: 0)
+    finally:
+        child.stop()
 
 
 def _worker_env(settings: Settings, prefix: str, app_id: str) -> dict[str, str]:
@@ -182,20 +202,24 @@ def _free_port() -> int:
 
 
 def _latency(
-    bootstrap: str, prefix: str, worker: BenchWorker, throughput: float, options: BenchOptions, census: EntityCensus
+    name: str,
+    bootstrap: str,
+    prefix: str,
+    check_alive: Callable[[], None],
+    throughput: float,
+    options: BenchOptions,
+    observe: Callable[[dict[str, Any]], int],
 ) -> list[latency.LatencyLevel]:
     mix = traffic.traffic_for(int(throughput * options.latency_seconds), options.seed + 1, f"{prefix}l")
-    send, done = latency.sender(bootstrap, prefix, mix, census.observe)
+    send, done = latency.sender(bootstrap, prefix, mix, observe)
     clock = latency.VerdictClock(bootstrap, topics.verdict_topics(prefix), f"{prefix}clock")
     levels = []
     try:
         warmup_s = min(WARMUP_S, options.latency_seconds / 2)  # the switch from draining a backlog to live traffic
-        latency.measure(clock, send, LOADS[0], LOADS[0] * throughput, warmup_s, worker.child.check_alive)
+        latency.measure(clock, send, LOADS[0], LOADS[0] * throughput, warmup_s, check_alive)
         for load in LOADS:
-            level = latency.measure(
-                clock, send, load, load * throughput, options.latency_seconds, worker.child.check_alive
-            )
-            print(f"bench latency at {load:.0%}: p50 {level.p50_ms} ms, p99 {level.p99_ms} ms", flush=True)
+            level = latency.measure(clock, send, load, load * throughput, options.latency_seconds, check_alive)
+            print(f"bench {name} latency at {load:.0%}: p50 {level.p50_ms} ms, p99 {level.p99_ms} ms", flush=True)
             levels.append(level)
     finally:
         done()
@@ -208,6 +232,7 @@ def _report(
     options: BenchOptions,
     paths: dict[str, PathResult],
     levels: list[latency.LatencyLevel],
+    floor: list[latency.LatencyLevel],
     rss: int,
     worker: BenchWorker,
     stats: dict[str, object],
@@ -227,6 +252,7 @@ def _report(
         },
         paths=paths,
         latency=levels,
+        floor_latency=floor,
         worker_peak_rss_bytes=rss,
         state={
             "bytes": state_bytes,

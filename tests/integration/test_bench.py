@@ -43,14 +43,15 @@ def test_a_smoke_bench_measures_every_path_and_writes_the_report(broker: Broker,
         assert path["complete"], (name, path)
         assert path["events_per_s"] > 0 and path["peak_rss_bytes"] > 0, (name, path)
 
-    assert [level["load"] for level in report["latency"]] == [0.25, 0.5, 0.75]
-    for level in report["latency"]:
-        assert level["verdicts"] == level["sent"] > 0, level
-        assert 0 < level["p50_ms"] <= level["p99_ms"] <= level["p999_ms"] <= level["max_ms"], level
+    for levels in (report["latency"], report["floor_latency"]):  # the worker, then the exactly-once floor
+        assert [level["load"] for level in levels] == [0.25, 0.5, 0.75]
+        for level in levels:
+            assert level["verdicts"] == level["sent"] > 0, level
+            assert 0 < level["p50_ms"] <= level["p99_ms"] <= level["p999_ms"] <= level["max_ms"], level
 
     assert report["worker_peak_rss_bytes"] > 0
     assert report["state"]["bytes"] > 0 and report["state"]["entities"] > 0 and report["state"]["bytes_per_entity"] > 0
     assert report["ratios"]["worker/raw"] > 0 and report["ratios"]["worker/quix"] > 0
     assert {t["name"] for t in report["targets"]} >= {"worker / raw throughput", "p99 at 50% load (ms)"}
     assert all(isinstance(t["passed"], bool) for t in report["targets"])
-    assert "worker/raw = " in result.stdout and "targets:" in result.stdout
+    assert "worker/raw = " in result.stdout and "exactly-once floor" in result.stdout and "targets:" in result.stdout
