@@ -62,8 +62,8 @@ PEER_SILENCE_S = 2.0  # a peer not heard from for this long does not hold this w
 CAUGHT_UP = 2**62  # the progress of a worker with nothing left to read: it holds no one back
 RESTORE_TIMEOUT_S = 600.0
 GC_THRESHOLDS = (50_000, 20, 100)  # allocations before a young collection; young ones per older one
-IDLE_POLL_S = 0.1  # how long a poll waits for records when nothing is waiting to be handed over
-WAITING_POLL_S = 0.001  # ... when processed work waits for the commit in flight to end
+IDLE_POLL_S = 0.1  # how long a poll waits for records when there is nothing else to do
+BUSY_POLL_S = 0.001  # ... when the merge holds records, or processed work waits for the commit in flight
 
 
 @dataclass
@@ -174,9 +174,11 @@ class Engine:
         log.info("engine started as %s", self._worker_id)
         try:
             while not stop.is_set():
-                # While processed work waits for the commit in flight, poll briefly: the hand-over is due.
-                waiting = self._in_flight is not None and bool(self._processed.records)
-                self._aligner.add(self._poll(consumer, WAITING_POLL_S if waiting else IDLE_POLL_S))
+                # With work at hand, poll briefly: in a backlog the merge holds up to 50,000 records
+                # a partition while the consumer has none to give, and a 100 ms wait per batch was a
+                # third of the engine's time.
+                busy = len(self._aligner) > 0 or (self._in_flight is not None and bool(self._processed.records))
+                self._aligner.add(self._poll(consumer, BUSY_POLL_S if busy else IDLE_POLL_S))
                 self._pause_full(consumer)
                 batch = self._release()
                 if batch:
