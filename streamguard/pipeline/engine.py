@@ -172,15 +172,18 @@ class Engine:
             on_lost=self._on_revoke,
         )
         log.info("engine started as %s", self._worker_id)
+        held_back = False  # the merge kept its records last time (a lagging partition, a slower peer)
         try:
             while not stop.is_set():
                 # With work at hand, poll briefly: in a backlog the merge holds up to 50,000 records
                 # a partition while the consumer has none to give, and a 100 ms wait per batch was a
-                # third of the engine's time.
-                busy = len(self._aligner) > 0 or (self._in_flight is not None and bool(self._processed.records))
+                # third of the engine's time. A merge that is holding back waits for news instead.
+                waiting = self._in_flight is not None and bool(self._processed.records)
+                busy = waiting or (len(self._aligner) > 0 and not held_back)
                 self._aligner.add(self._poll(consumer, BUSY_POLL_S if busy else IDLE_POLL_S))
                 self._pause_full(consumer)
                 batch = self._release()
+                held_back = not batch and len(self._processed.records) < self._settings.batch_max_events
                 if batch:
                     self._process(batch, int(time.time() * 1000))
                 self._hand_over(consumer, producer)
