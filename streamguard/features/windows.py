@@ -2,12 +2,14 @@
 
 Each wrapper owns its arrays, their (de)serialisation for the state store and
 the calls into `streamguard.kernels.window`; the kernels see arrays and
-scalars only. Sizes: a count/sum/min/max window costs 16 bytes per ring slot
-(at most 64 slots: 1 KiB); a distinct window 8 bytes per slot plus 16 per
-value kept (at most `distinct_cap`, 256 by default: 4 KiB), or, past the
-cap, 136 bytes per slot (at most 8.5 KiB); a since_last one 8 bytes.
+scalars only. Their bytes hold only the ring slots that hold a bucket (most
+windows are young or sparse): a count/sum/min/max window costs 16 bytes per
+such slot (at most 64 slots: 1 KiB); a distinct window 24 bytes, 8 per such
+slot and 16 per value kept (at most `distinct_cap`, 256 by default: 4 KiB),
+or, past the cap, 136 bytes per such slot (at most 8.5 KiB); a since_last
+one 8 bytes. Decoded, every slot takes its room.
 
-Windows are msgspec Structs with `gc=False`: a worker keeps up to 200,000 of
+Windows are msgspec Structs with `gc=False`: a worker keeps hundreds of thousands of
 them decoded and makes thousands per batch, and as ordinary objects every
 young collection walked them (up to 235 ms, holding the GIL, freeing
 nothing). They hold arrays and numbers only, never a cycle. Build them with
@@ -37,6 +39,16 @@ class Window(Protocol):
         ...
 
 
+def _pack_ring(starts: np.ndarray, values: np.ndarray) -> bytes:
+    """A ring's held slots only: their buckets, then their values (a ring is mostly empty)."""
+    held = np.flatnonzero(starts >= 0)
+    return starts[held].tobytes() + values[held].tobytes()
+
+
+def _newest_in_packed_ring(raw: bytes, resolution: int) -> int:
+    return int(k.ring_newest(np.frombuffer(raw, np.int64, len(raw) // 16), resolution))
+
+
 class SumWindow(msgspec.Struct, gc=False):
     """count (add 1), count-where and sum."""
 
@@ -47,10 +59,12 @@ class SumWindow(msgspec.Struct, gc=False):
 
     @classmethod
     def of(cls, slots: int, resolution: int, window_buckets: int, raw: bytes | None = None) -> SumWindow:
-        if raw is None:
-            return cls(resolution, window_buckets, np.full(slots, k.EMPTY, np.int64), np.zeros(slots, np.float64))
-        starts = np.frombuffer(raw, np.int64, slots).copy()
-        return cls(resolution, window_buckets, starts, np.frombuffer(raw, np.float64, slots, offset=8 * slots).copy())
+        window = cls(resolution, window_buckets, np.full(slots, k.EMPTY, np.int64), np.zeros(slots, np.float64))
+        if raw:
+            held = len(raw) // 16
+            buckets, values = np.frombuffer(raw, np.int64, held), np.frombuffer(raw, np.float64, held, 8 * held)
+            k.ring_spread_values(buckets, values, window.starts, window.values)
+        return window
 
     def add(self, ts: int, value: float | int) -> bool:
         return bool(k.ring_add(self.starts, self.values, ts, self.resolution, float(value)))
@@ -59,7 +73,7 @@ class SumWindow(msgspec.Struct, gc=False):
         return float(k.ring_sum(self.starts, self.values, ts, self.resolution, self.window_buckets))
 
     def to_bytes(self) -> bytes:
-        return self.starts.tobytes() + self.values.tobytes()
+        return _pack_ring(self.starts, self.values)
 
     def newest_ts(self) -> int:
         return int(k.ring_newest(self.starts, self.resolution))
@@ -67,11 +81,11 @@ class SumWindow(msgspec.Struct, gc=False):
     @staticmethod
     def newest_ts_in(raw: bytes, slots: int, resolution: int) -> int:
         """`newest_ts` of the window `raw` holds, read in place (what a sweep needs of each window)."""
-        return int(k.ring_newest(np.frombuffer(raw, np.int64, slots), resolution))
+        return _newest_in_packed_ring(raw, resolution)
 
 
 class ExtremeWindow(msgspec.Struct, gc=False):
-    """min or max; NaN for an empty window."""
+    """min or max; NaN for an empty window. Its bytes are laid out as a `SumWindow`'s."""
 
     resolution: int
     window_buckets: int
@@ -94,12 +108,12 @@ class ExtremeWindow(msgspec.Struct, gc=False):
                                            self.is_max))  # fmt: skip
 
     def to_bytes(self) -> bytes:
-        return bytes(self.starts.tobytes() + self.values.tobytes())
+        return _pack_ring(self.starts, self.values)
 
     def newest_ts(self) -> int:
         return int(k.ring_newest(self.starts, self.resolution))
 
-    newest_ts_in = staticmethod(SumWindow.newest_ts_in)  # the same bytes
+    newest_ts_in = staticmethod(SumWindow.newest_ts_in)
 
 
 class DistinctWindow(msgspec.Struct, gc=False):
@@ -124,20 +138,28 @@ class DistinctWindow(msgspec.Struct, gc=False):
 
     @classmethod
     def of(cls, slots: int, resolution: int, window_buckets: int, cap: int, raw: bytes | None = None) -> DistinctWindow:
+        """A window from its bytes, or empty.
+
+        The bytes: mode, values kept, slots held (int64 each); the held slots'
+        buckets; then, as `mode` says, the held slots' registers, or the values
+        kept and their slot masks.
+        """
+        window = cls(resolution, window_buckets, cap, np.full(slots, k.EMPTY, np.int64))
         if raw is None:
-            window = cls(resolution, window_buckets, cap, np.full(slots, k.EMPTY, np.int64))
             window._allocate(8)
             return window
-        mode, used = (int(x) for x in np.frombuffer(raw, np.int64, 2))
-        window = cls(resolution, window_buckets, cap, np.frombuffer(raw, np.int64, slots, offset=16).copy())
-        offset = 16 + 8 * slots
+        mode, used, held = (int(x) for x in np.frombuffer(raw, np.int64, 3))
+        buckets = np.frombuffer(raw, np.int64, held, 24)
+        k.ring_spread(buckets, window.starts)
+        offset = 24 + 8 * held
         if mode == cls.ESTIMATED:
-            registers = np.frombuffer(raw, np.uint8, slots * k.HLL_REGISTERS, offset=offset)
-            window.registers = registers.reshape(slots, k.HLL_REGISTERS).copy()
+            window.registers = np.zeros((slots, k.HLL_REGISTERS), np.uint8)
+            rows = np.frombuffer(raw, np.uint8, held * k.HLL_REGISTERS, offset).reshape(held, k.HLL_REGISTERS)
+            window.registers[buckets % slots] = rows
             return window
         window._allocate(max(8, 2 * used))
-        window.hashes[:used] = np.frombuffer(raw, np.int64, used, offset=offset)
-        window.masks[:used] = np.frombuffer(raw, np.uint64, used, offset=offset + 8 * used)
+        window.hashes[:used] = np.frombuffer(raw, np.int64, used, offset)
+        window.masks[:used] = np.frombuffer(raw, np.uint64, used, offset + 8 * used)
         window.used = used
         return window
 
@@ -172,8 +194,9 @@ class DistinctWindow(msgspec.Struct, gc=False):
 
     @staticmethod
     def newest_ts_in(raw: bytes, slots: int, resolution: int) -> int:
-        """`newest_ts` read in place: the ring follows the mode and the number of values."""
-        return int(k.ring_newest(np.frombuffer(raw, np.int64, slots, offset=16), resolution))
+        """`newest_ts` read in place, from the held buckets."""
+        held = int(np.frombuffer(raw, np.int64, 1, 16)[0])
+        return int(k.ring_newest(np.frombuffer(raw, np.int64, held, 24), resolution))
 
     def _to_estimate(self) -> None:
         self.registers = np.zeros((self.starts.shape[0], k.HLL_REGISTERS), np.uint8)
@@ -186,10 +209,11 @@ class DistinctWindow(msgspec.Struct, gc=False):
         return float(k.distinct_count(self.starts, self.masks, self.used, ts, self.resolution, self.window_buckets))
 
     def to_bytes(self) -> bytes:
+        held = np.flatnonzero(self.starts >= 0)
         mode = self.ESTIMATED if self.registers is not None else self.EXACT
-        head = np.array([mode, self.used], np.int64).tobytes() + self.starts.tobytes()
+        head = np.array([mode, self.used, held.shape[0]], np.int64).tobytes() + self.starts[held].tobytes()
         if self.registers is not None:
-            return head + self.registers.tobytes()
+            return head + self.registers[held].tobytes()
         return head + self.hashes[: self.used].tobytes() + self.masks[: self.used].tobytes()
 
 

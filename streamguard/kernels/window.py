@@ -66,6 +66,24 @@ def ring_newest(starts: np.ndarray, resolution: int) -> int:
 
 
 @njit(cache=True)
+def ring_spread(buckets: np.ndarray, starts: np.ndarray) -> None:
+    """Put each of `buckets` back in its slot of an empty ring (`starts` all EMPTY): decoding a packed ring."""
+    n = starts.shape[0]
+    for i in range(buckets.shape[0]):
+        starts[buckets[i] % n] = buckets[i]
+
+
+@njit(cache=True)
+def ring_spread_values(buckets: np.ndarray, held: np.ndarray, starts: np.ndarray, values: np.ndarray) -> None:
+    """`ring_spread`, and each bucket's value (`held[i]` for `buckets[i]`) into `values`."""
+    n = starts.shape[0]
+    for i in range(buckets.shape[0]):
+        slot = buckets[i] % n
+        starts[slot] = buckets[i]
+        values[slot] = held[i]
+
+
+@njit(cache=True)
 def window_bounds(ts: int, resolution: int, window_buckets: int) -> tuple[int, int]:
     """The oldest and newest bucket of the window that ends with the bucket of `ts`."""
     newest = ts // resolution
@@ -222,6 +240,8 @@ def warm_up() -> None:
     hashes, masks = np.zeros(2, np.int64), np.zeros(2, np.uint64)
     ring_slot(starts, 1, 1)
     ring_newest(starts, 1)
+    ring_spread(np.zeros(1, np.int64), starts)
+    ring_spread_values(np.zeros(1, np.int64), np.zeros(1, np.float64), starts, values)
     window_bounds(1, 1, 2)
     ring_add(starts, values, 1, 1, 1.0)
     ring_extreme(starts, values, 1, 1, 1.0, True)
@@ -238,6 +258,8 @@ def warm_up() -> None:
 KERNELS = (
     ring_slot,
     ring_newest,
+    ring_spread,
+    ring_spread_values,
     window_bounds,
     ring_add,
     ring_extreme,
