@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from collections import OrderedDict, defaultdict
 from collections.abc import Set
+from typing import Final
+
+import msgspec
 
 from streamguard.codec import event_type
 from streamguard.events import AnyEvent
@@ -68,15 +71,21 @@ class EntityFeatures:
         the ring no longer holds its own.
         """
         kind = event_type(event)
+        plan = self._plan(eid, kind, read)
+        if not plan:
+            return {}
+        key = keys.entity_windows(digest)
+        entity = windows.get(store, key)
         values = {}
-        for compiled, counts, wanted in self._plan(eid, kind, read):
-            key = keys.feature(compiled.state_key, digest)
-            window = windows.get(store, key, compiled)
+        for compiled, counts, wanted in plan:
+            window = entity.window(compiled)
             if counts and compiled.updates_on(event, kind, fingerprint):
                 window.add(event.ts, compiled.reads(event, fingerprint))
-                windows.changed(store, key)
+                entity.changed.add(compiled.state_key)
             if wanted:
                 values[compiled.spec.name] = window.value(max(event.ts, window.newest_ts() - self._lateness_ms))
+        if entity.changed:
+            windows.changed(store, key)
         return values
 
     def _plan(self, eid: str, kind: str, read: Set[str] | None) -> list[tuple[CompiledFeature, bool, bool]]:
@@ -92,68 +101,126 @@ class EntityFeatures:
         return plan
 
     def sweep(self, store: PartitionStore, windows: WindowCache, after: bytes, watermark_ts: int, limit: int) -> bytes:
-        """Delete up to `limit` windows past use, scanning from the key `after`; where to go on from.
+        """Delete up to `limit` entities' windows past use, scanning from the key `after`; where to go on from.
 
         A window is past use when its newest data is further behind the newest
         event of its shard (`watermark_ts`) than its span plus the lateness;
-        windows of features no longer declared are deleted too, and dropped
-        from `windows`. Call it after `windows.flush()`. The returned cursor
-        wraps to the start once the end is reached.
+        an entity's record goes when all its windows are past use. Windows of
+        features no longer declared are dropped from the records, and records
+        that cannot be read (an older layout) deleted; such records are
+        dropped from `windows` too. Call it after `windows.flush()`. The
+        returned cursor wraps to the start once the end is reached.
         """
         scanned = store.items_from(after, keys.FEATURE_END, limit)
         for key, raw in scanned:
-            compiled = self._by_state_key.get(keys.state_key_of_feature(key))
             if store.uncommitted(key):  # written by a transaction not applied yet (`flush` comes first): in use
                 continue
-            if compiled is None or compiled.newest_ts(raw) < watermark_ts - compiled.lifetime_ms:
+            kept = self._declared_parts(raw)
+            if kept is None or all(
+                compiled.newest_ts(part) < watermark_ts - compiled.lifetime_ms
+                for compiled, part in ((self._by_state_key[sk], part) for sk, part in kept.items())
+            ):
                 store.delete(key)
+                windows.forget(store, key)
+            elif len(kept) < len(EntityWindows.parts_of(raw)):
+                store.put(key, EntityWindows.encode(kept))
                 windows.forget(store, key)
         if len(scanned) < limit:
             return keys.FEATURE
         return scanned[-1][0] + b"\x00"
 
+    def _declared_parts(self, raw: bytes) -> dict[bytes, bytes] | None:
+        """The windows of declared features a record holds; None for a record that cannot be read."""
+        try:
+            parts = EntityWindows.parts_of(raw)
+        except msgspec.DecodeError:
+            return None
+        return {sk: part for sk, part in parts.items() if sk in self._by_state_key}
 
-class WindowCache:
-    """Decoded windows, kept between transactions; the changed ones are written back once per transaction.
 
-    A window is read from the store and decoded the first time it is needed,
-    and kept (up to `capacity`, the least recently written first out) so that
-    an active entity costs neither a RocksDB read nor a decode per event.
-    What it holds is the committed state plus the open transaction's changes:
-    after an abort, a restore or a change of partitions it must be `clear`ed.
+_parts_encoder: Final = msgspec.msgpack.Encoder()
+_parts_decoder: Final = msgspec.msgpack.Decoder(dict[bytes, bytes])
+
+
+class EntityWindows(msgspec.Struct, gc=False):
+    """One entity's windows, one per feature with state, stored as one record: a RocksDB read per entity.
+
+    `parts` holds each window's bytes as last written; a window is decoded the
+    first time it is needed, and re-encoded only if it `changed`.
     """
 
-    def __init__(self, capacity: int = 200_000) -> None:
+    parts: dict[bytes, bytes]  # state key -> the window's bytes
+    decoded: dict[bytes, Window] = {}
+    changed: set[bytes] = set()
+
+    @classmethod
+    def of(cls, raw: bytes | None) -> EntityWindows:
+        return cls({} if raw is None else _parts_decoder.decode(raw))
+
+    @staticmethod
+    def parts_of(raw: bytes) -> dict[bytes, bytes]:
+        return _parts_decoder.decode(raw)
+
+    @staticmethod
+    def encode(parts: dict[bytes, bytes]) -> bytes:
+        return _parts_encoder.encode(parts)
+
+    def window(self, compiled: CompiledFeature) -> Window:
+        window = self.decoded.get(compiled.state_key)
+        if window is None:
+            window = self.decoded[compiled.state_key] = compiled.window(self.parts.get(compiled.state_key))
+        return window
+
+    def to_bytes(self) -> bytes:
+        """The record, with the changed windows re-encoded (and no longer `changed`)."""
+        for state_key in self.changed:
+            self.parts[state_key] = self.decoded[state_key].to_bytes()
+        self.changed.clear()
+        return _parts_encoder.encode(self.parts)
+
+
+class WindowCache:
+    """Entities' windows, kept between transactions; the changed ones are written back once per transaction.
+
+    An entity's record is read from the store the first time it is needed,
+    and kept (up to `capacity` entities, the least recently written first
+    out) so that an active entity costs neither a RocksDB read nor a decode
+    per event. What it holds is the committed state plus the open
+    transaction's changes: after an abort, a restore or a change of
+    partitions it must be `clear`ed.
+    """
+
+    def __init__(self, capacity: int = 50_000) -> None:
         self._capacity = capacity
         # Ordered by last write. An OrderedDict: a plain dict emptied from the front keeps the holes
         # until it resizes, and finding the oldest entries meant skipping all of them (6% of a flood).
-        self._windows: OrderedDict[tuple[int, bytes], Window] = OrderedDict()
+        self._entities: OrderedDict[tuple[int, bytes], EntityWindows] = OrderedDict()
         self._changed: dict[tuple[int, bytes], tuple[PartitionStore, bytes]] = {}
 
-    def get(self, store: PartitionStore, key: bytes, compiled: CompiledFeature) -> Window:
+    def get(self, store: PartitionStore, key: bytes) -> EntityWindows:
         slot = (id(store), key)
-        window = self._windows.get(slot)
-        if window is None:
-            window = self._windows[slot] = compiled.window(store.get(key))
-        return window
+        entity = self._entities.get(slot)
+        if entity is None:
+            entity = self._entities[slot] = EntityWindows.of(store.get(key))
+        return entity
 
     def changed(self, store: PartitionStore, key: bytes) -> None:
         self._changed[(id(store), key)] = (store, key)
 
     def forget(self, store: PartitionStore, key: bytes) -> None:
-        """Drop a window the store deleted."""
-        self._windows.pop((id(store), key), None)
+        """Drop an entity whose record the store deleted or rewrote."""
+        self._entities.pop((id(store), key), None)
 
     def flush(self) -> None:
-        """Write the changed windows into their stores' pending writes; keep at most `capacity` windows."""
-        windows = self._windows
+        """Write the changed entities into their stores' pending writes; keep at most `capacity` entities."""
+        entities = self._entities
         for slot, (store, key) in self._changed.items():
-            store.put(key, windows[slot].to_bytes())
-            windows.move_to_end(slot)  # to the back of the eviction order
+            store.put(key, entities[slot].to_bytes())
+            entities.move_to_end(slot)  # to the back of the eviction order
         self._changed.clear()
-        while len(windows) > self._capacity:
-            windows.popitem(last=False)
+        while len(entities) > self._capacity:
+            entities.popitem(last=False)
 
     def clear(self) -> None:
-        self._windows.clear()
+        self._entities.clear()
         self._changed.clear()

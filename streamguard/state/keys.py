@@ -45,17 +45,12 @@ def decode_u64(raw: bytes) -> int:
 
 
 FEATURE: Final = b"\x03"
-FEATURE_END: Final = b"\x04"  # the first key after every feature window
-STATE_KEY_BYTES: Final = 6
+FEATURE_END: Final = b"\x04"  # the first key after every entity's windows
 
 
-def feature(state_key: bytes, entity_digest: bytes) -> bytes:
-    """One entity's window for one feature: the feature's state id, then the entity's keyed hash."""
-    return FEATURE + state_key + entity_digest
-
-
-def state_key_of_feature(key: bytes) -> bytes:
-    return key[1 : 1 + STATE_KEY_BYTES]
+def entity_windows(entity_digest: bytes) -> bytes:
+    """One entity's windows, all its features in one record (the keyed hash is namespaced by entity kind)."""
+    return FEATURE + entity_digest
 
 
 PENDING: Final = b"\x04"

@@ -12,8 +12,9 @@ from rocksdict import Cache
 from streamguard.events import LoginEvent, SmsEvent, TransactionEvent
 from streamguard.features.compiled import CompiledFeature
 from streamguard.features.spec import load_features
-from streamguard.features.table import EntityFeatures, WindowCache
+from streamguard.features.table import EntityFeatures, EntityWindows, WindowCache
 from streamguard.privacy import Pseudonymizer
+from streamguard.state import keys
 from streamguard.state.store import PartitionStore, StoreOptions
 from tests.naive import naive_feature
 
@@ -125,8 +126,11 @@ def test_windows_past_use_and_of_undeclared_features_are_swept_a_bounded_amount_
     for i in range(30):
         login(i, T0)  # 30 IPs, then idle
     login(99, T0 + 3_600_000)  # an hour later: the 10 min windows of the others are past use
-    store.put(b"\x03" + b"\xee" * 6 + b"x" * 12, b"window of a feature no longer declared")
+    store.put(b"\x03" + b"x" * 12, b"a record of an older layout")
     windows.flush()
+    live = keys.entity_windows(PSEUDO.digest("ip", "10.1.0.100"))  # the IP seen an hour later
+    parts = EntityWindows.parts_of(store.pending[live])
+    store.put(live, EntityWindows.encode({**parts, b"\xee" * 6: b"a window of a feature no longer declared"}))
     store.apply(store.take_changes(), 0)
 
     def left() -> int:
@@ -140,6 +144,7 @@ def test_windows_past_use_and_of_undeclared_features_are_swept_a_bounded_amount_
     store.apply(store.take_changes(), 2)
     assert cursor == b"\x03", "the end was reached: the next sweep starts over"
     assert left() == 1  # only the IP seen an hour later
+    assert EntityWindows.parts_of(store.get(live)) == parts, "without the undeclared feature's window"
 
 
 def test_the_sweep_reads_the_newest_time_of_a_window_as_decoding_it_would():
@@ -157,20 +162,45 @@ def test_the_sweep_reads_the_newest_time_of_a_window_as_decoding_it_would():
 def test_decoded_windows_outlive_a_transaction_up_to_the_capacity_and_reflect_the_store(store):
     spec = next(s for s in load_features(LATENESS) if s.name == "login_failures_by_ip_10m")
     compiled, windows = CompiledFeature.of(spec, LATENESS), WindowCache(capacity=2)
-    keys = [b"\x03k1", b"\x03k2", b"\x03k3"]
-    for i, key in enumerate(keys):
-        windows.get(store, key, compiled).add(T0, 1)
+
+    def count(key: bytes) -> None:
+        entity = windows.get(store, key)
+        entity.window(compiled).add(T0, 1)
+        entity.changed.add(compiled.state_key)
         windows.changed(store, key)
+
+    records = [b"\x03k1", b"\x03k2", b"\x03k3"]
+    for i, key in enumerate(records):
+        count(key)
         if i == 0:
             windows.flush()
-    first = windows.get(store, keys[0], compiled)
+    first = windows.get(store, records[0])
     windows.flush()  # writes k2 and k3; k1, written longest ago, is evicted
     store.apply(store.take_changes(), 0)
-    assert windows.get(store, keys[2], compiled) is windows.get(store, keys[2], compiled)
-    again = windows.get(store, keys[0], compiled)
-    assert again is not first and again.value(T0) == 1.0, "read back from the store"
-    store.delete(keys[2])
-    windows.forget(store, keys[2])
-    assert windows.get(store, keys[2], compiled).value(T0) == 0.0
+    assert windows.get(store, records[2]) is windows.get(store, records[2])
+    again = windows.get(store, records[0])
+    assert again is not first and again.window(compiled).value(T0) == 1.0, "read back from the store"
+    store.delete(records[2])
+    windows.forget(store, records[2])
+    assert windows.get(store, records[2]).window(compiled).value(T0) == 0.0
     windows.clear()
-    assert windows.get(store, keys[1], compiled).value(T0) == 1.0
+    assert windows.get(store, records[1]).window(compiled).value(T0) == 1.0
+
+
+def test_an_entity_is_one_record_and_keeps_the_bytes_of_windows_it_did_not_change(store):
+    specs = [s for s in load_features(LATENESS) if s.entity == "ip"]
+    table, windows = EntityFeatures(specs, LATENESS), WindowCache()
+    login = LoginEvent(event_id="l", ts=T0, account_id="a", ip="10.0.0.1", success=False)
+    sms = SmsEvent(event_id="s", ts=T0 + 1000, phone="+8613800000001", ip="10.0.0.1")
+    ((eid, digest),) = table.entities_of(login, None, PSEUDO).items()
+    table.apply(store, eid, digest, login, None, windows)
+    windows.flush()
+    store.apply(store.take_changes(), 0)
+    (key,) = [k for k, _ in store.items_from(b"\x03", b"\x04", 10)]
+    before = EntityWindows.parts_of(store.get(key))
+    windows.clear()  # read back from the store: the login windows are not decoded by an SMS
+    values = table.apply(store, eid, digest, sms, None, windows)
+    windows.flush()
+    after = EntityWindows.parts_of(store.get(key))
+    assert values["sms_phones_by_ip_10m"] == 1.0
+    assert set(before) < set(after) and all(after[sk] == part for sk, part in before.items())
