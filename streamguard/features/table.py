@@ -81,7 +81,7 @@ class EntityFeatures:
             window = entity.window(compiled)
             if counts and compiled.updates_on(event, kind, fingerprint):
                 window.add(event.ts, compiled.reads(event, fingerprint))
-                entity.changed.add(compiled.state_key)
+                entity.changed[compiled.state_key] = None
             if wanted:
                 values[compiled.spec.name] = window.value(max(event.ts, window.newest_ts() - self._lateness_ms))
         if entity.changed:
@@ -151,7 +151,9 @@ class EntityWindows(msgspec.Struct, gc=False):
 
     parts: dict[bytes, bytes]  # state key -> the window's bytes
     decoded: dict[bytes, Window] = {}
-    changed: set[bytes] = set()
+    # The state keys of the windows changed since the last `to_bytes`. A dict, not a set: a set is
+    # always tracked by the garbage collector, and a worker keeps tens of thousands of entities.
+    changed: dict[bytes, None] = {}
 
     @classmethod
     def of(cls, raw: bytes | None) -> EntityWindows:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import random
 from pathlib import Path
@@ -166,7 +167,7 @@ def test_decoded_windows_outlive_a_transaction_up_to_the_capacity_and_reflect_th
     def count(key: bytes) -> None:
         entity = windows.get(store, key)
         entity.window(compiled).add(T0, 1)
-        entity.changed.add(compiled.state_key)
+        entity.changed[compiled.state_key] = None
         windows.changed(store, key)
 
     records = [b"\x03k1", b"\x03k2", b"\x03k3"]
@@ -204,3 +205,15 @@ def test_an_entity_is_one_record_and_keeps_the_bytes_of_windows_it_did_not_chang
     after = EntityWindows.parts_of(store.get(key))
     assert values["sms_phones_by_ip_10m"] == 1.0
     assert set(before) < set(after) and all(after[sk] == part for sk, part in before.items())
+
+
+def test_cached_entities_are_invisible_to_the_garbage_collector(store):
+    """A worker keeps tens of thousands of them: tracked, every full collection would walk them all."""
+    table, windows = EntityFeatures(load_features(LATENESS), LATENESS), WindowCache()
+    event = LoginEvent(event_id="g", ts=T0, account_id="a", ip="10.0.0.1", success=False, device_id="d")
+    for eid, digest in table.entities_of(event, None, PSEUDO).items():
+        table.apply(store, eid, digest, event, None, windows)
+        entity = windows.get(store, keys.entity_windows(digest))
+        assert entity.decoded and entity.changed
+        assert not any(gc.is_tracked(x) for x in (entity, entity.parts, entity.decoded, entity.changed))
+        assert not any(gc.is_tracked(w) for w in entity.decoded.values())
