@@ -534,9 +534,11 @@ class Engine:
             "partition.assignment.strategy": "range",
             "fetch.wait.max.ms": 10,
             # A small read-ahead per partition, so that every partition's next records are at hand
-            # for the event-time merge instead of one partition's backlog filling the queue.
+            # for the event-time merge instead of one partition's backlog filling the queue; and up
+            # to 32 MiB ahead in all: the scale-5 flood ran at 3,700 events/s with 4 MiB, 4,370 with
+            # 32 MiB and 4,390 with librdkafka's 64 MiB.
             "queued.min.messages": READ_AHEAD,
-            "queued.max.messages.kbytes": 4096,
+            "queued.max.messages.kbytes": 32 * 1024,
             "session.timeout.ms": 10_000,
             "heartbeat.interval.ms": 1_000,
             "max.poll.interval.ms": 300_000,
