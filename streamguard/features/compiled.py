@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import operator
@@ -50,6 +51,7 @@ def field_value(event: AnyEvent, name: str, fingerprint: str | None, block_digit
     return getattr(event, name, None)
 
 
+@functools.lru_cache(maxsize=1 << 16, typed=True)  # an event's account or phone is counted by several entities
 def value_hash(value: Any) -> int:
     """A signed 64-bit hash of a distinct value (never stored raw)."""
     digest = hashlib.blake2b(str(value).encode(), digest_size=8).digest()

@@ -83,7 +83,7 @@ class EntityFeatures:
                 window.add(event.ts, compiled.reads(event, fingerprint))
                 entity.changed[compiled.state_key] = None
             if wanted:
-                values[compiled.spec.name] = window.value(max(event.ts, window.newest_ts() - self._lateness_ms))
+                values[compiled.spec.name] = window.value(event.ts, self._lateness_ms)
         if entity.changed:
             windows.changed(store, key)
         return values

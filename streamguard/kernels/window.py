@@ -16,6 +16,7 @@ import numpy as np
 from numba import njit
 
 EMPTY = -1
+NO_FLOOR = 1 << 62  # a lateness that never moves a query: the value at exactly the time asked
 
 
 @njit(cache=True)
@@ -84,6 +85,12 @@ def ring_spread_values(buckets: np.ndarray, held: np.ndarray, starts: np.ndarray
 
 
 @njit(cache=True)
+def query_ts(starts: np.ndarray, ts: int, resolution: int, lateness: int) -> int:
+    """`ts`, or if it is older, the oldest time the ring still holds whole: its newest minus the lateness."""
+    return max(ts, ring_newest(starts, resolution) - lateness)
+
+
+@njit(cache=True)
 def window_bounds(ts: int, resolution: int, window_buckets: int) -> tuple[int, int]:
     """The oldest and newest bucket of the window that ends with the bucket of `ts`."""
     newest = ts // resolution
@@ -91,9 +98,11 @@ def window_bounds(ts: int, resolution: int, window_buckets: int) -> tuple[int, i
 
 
 @njit(cache=True)
-def ring_sum(starts: np.ndarray, values: np.ndarray, ts: int, resolution: int, window_buckets: int) -> float:
-    """The sum of the buckets in the window that ends with the bucket of `ts`."""
-    oldest, newest = window_bounds(ts, resolution, window_buckets)
+def ring_sum(
+    starts: np.ndarray, values: np.ndarray, ts: int, resolution: int, window_buckets: int, lateness: int = NO_FLOOR
+) -> float:
+    """The sum of the buckets in the window that ends with the bucket of `query_ts`."""
+    oldest, newest = window_bounds(query_ts(starts, ts, resolution, lateness), resolution, window_buckets)
     total = 0.0
     for i in range(starts.shape[0]):
         if oldest <= starts[i] <= newest:
@@ -103,10 +112,16 @@ def ring_sum(starts: np.ndarray, values: np.ndarray, ts: int, resolution: int, w
 
 @njit(cache=True)
 def ring_reduce_extreme(
-    starts: np.ndarray, values: np.ndarray, ts: int, resolution: int, window_buckets: int, is_max: bool
+    starts: np.ndarray,
+    values: np.ndarray,
+    ts: int,
+    resolution: int,
+    window_buckets: int,
+    is_max: bool,
+    lateness: int = NO_FLOOR,
 ) -> float:
-    """The max (or min) over the window; NaN for an empty window."""
-    oldest, newest = window_bounds(ts, resolution, window_buckets)
+    """The max (or min) over the window that ends with the bucket of `query_ts`; NaN for an empty window."""
+    oldest, newest = window_bounds(query_ts(starts, ts, resolution, lateness), resolution, window_buckets)
     found = False
     best = 0.0
     for i in range(starts.shape[0]):
@@ -159,10 +174,16 @@ def _clear_slot(hashes: np.ndarray, masks: np.ndarray, used: int, keep: np.uint6
 
 @njit(cache=True)
 def distinct_count(
-    starts: np.ndarray, masks: np.ndarray, used: int, ts: int, resolution: int, window_buckets: int
+    starts: np.ndarray,
+    masks: np.ndarray,
+    used: int,
+    ts: int,
+    resolution: int,
+    window_buckets: int,
+    lateness: int = NO_FLOOR,
 ) -> int:
-    """How many values were seen in the window that ends with the bucket of `ts`."""
-    oldest, newest = window_bounds(ts, resolution, window_buckets)
+    """How many values were seen in the window that ends with the bucket of `query_ts`."""
+    oldest, newest = window_bounds(query_ts(starts, ts, resolution, lateness), resolution, window_buckets)
     window = np.uint64(0)
     for slot in range(starts.shape[0]):
         if oldest <= starts[slot] <= newest:
@@ -213,9 +234,14 @@ def hll_from_exact(hashes: np.ndarray, masks: np.ndarray, used: int, registers: 
 
 
 @njit(cache=True)
-def hll_count(starts: np.ndarray, registers: np.ndarray, ts: int, resolution: int, window_buckets: int) -> float:
-    """The estimated distinct count over the window: the buckets' registers merged by max."""
-    oldest, newest = window_bounds(ts, resolution, window_buckets)
+def hll_count(
+    starts: np.ndarray, registers: np.ndarray, ts: int, resolution: int, window_buckets: int, lateness: int = NO_FLOOR
+) -> float:
+    """The estimated distinct count over the window that ends with the bucket of `query_ts`.
+
+    The buckets' registers are merged by max.
+    """
+    oldest, newest = window_bounds(query_ts(starts, ts, resolution, lateness), resolution, window_buckets)
     merged = np.zeros(HLL_REGISTERS, np.uint8)
     for slot in range(starts.shape[0]):
         if oldest <= starts[slot] <= newest:
@@ -245,13 +271,14 @@ def warm_up() -> None:
     window_bounds(1, 1, 2)
     ring_add(starts, values, 1, 1, 1.0)
     ring_extreme(starts, values, 1, 1, 1.0, True)
-    ring_sum(starts, values, 1, 1, 2)
-    ring_reduce_extreme(starts, values, 1, 1, 2, True)
+    query_ts(starts, 1, 1, 0)
+    ring_sum(starts, values, 1, 1, 2, 0)
+    ring_reduce_extreme(starts, values, 1, 1, 2, True, 0)
     used = distinct_add(starts, hashes, masks, 0, 7, 1, 1)
-    distinct_count(starts, masks, used, 1, 1, 2)
+    distinct_count(starts, masks, used, 1, 1, 2, 0)
     registers = np.zeros((4, HLL_REGISTERS), np.uint8)
     hll_add(starts, registers, 7, 1, 1)
-    hll_count(starts, registers, 1, 1, 2)
+    hll_count(starts, registers, 1, 1, 2, 0)
     hll_from_exact(hashes, masks, used, registers)
 
 
@@ -260,6 +287,7 @@ KERNELS = (
     ring_newest,
     ring_spread,
     ring_spread_values,
+    query_ts,
     window_bounds,
     ring_add,
     ring_extreme,

@@ -96,6 +96,23 @@ def test_with_bounded_lateness_the_window_is_exact(newest_ts, offsets):
         assert window.ring_sum(starts, values, query_ts, RESOLUTION, WINDOW) == brute
 
 
+@given(events, timestamps, st.integers(0, 6 * RESOLUTION))
+def test_a_query_more_than_the_lateness_behind_the_newest_is_answered_there(stream, query_ts, lateness):
+    starts, values = _ring()
+    distinct_starts, hashes, masks, used = _ring()[0], np.zeros(64, np.int64), np.zeros(64, np.uint64), 0
+    for ts, amount in stream:
+        window.ring_add(starts, values, ts, RESOLUTION, float(amount))
+        used = max(used, window.distinct_add(distinct_starts, hashes, masks, used, amount, ts, RESOLUTION))
+    floor = max(query_ts, window.ring_newest(starts, RESOLUTION) - lateness)
+    assert window.query_ts(starts, query_ts, RESOLUTION, lateness) == floor
+    assert window.ring_sum(starts, values, query_ts, RESOLUTION, WINDOW, lateness) == window.ring_sum(
+        starts, values, floor, RESOLUTION, WINDOW
+    )
+    assert window.distinct_count(distinct_starts, masks, used, query_ts, RESOLUTION, WINDOW, lateness) == (
+        window.distinct_count(distinct_starts, masks, used, floor, RESOLUTION, WINDOW)
+    )
+
+
 def test_empty_windows():
     starts, values = _ring()
     assert window.ring_sum(starts, values, 5_000, RESOLUTION, WINDOW) == 0.0
