@@ -13,7 +13,8 @@ released (a partition is in event-time order, near enough), and nothing at
 all if it gave none yet, for at most `idle_ms`; then the merge goes on
 without it. The lag of a partition is what the last fetch said;
 when records come after a quiet spell (a burst, a replay starting), nothing is
-released for `burst_hold_ms`, the time for every partition's fetch to answer.
+released until a fetch has told the end of every partition (at once for a
+consumer that was fetching all along), for `burst_hold_ms` at most.
 A record newer than everything that arrived after it in its partition (a
 client clock ahead, a made-up time) is released where it arrived, instead of
 holding its partition back until the merge reaches its time; a late record
@@ -104,10 +105,16 @@ class _PartitionQueue:
 
 class Aligner:
     def __init__(
-        self, inputs: set[str], lagging: Callable[[Partition], bool], idle_ms: float, burst_hold_ms: float
+        self,
+        inputs: set[str],
+        lagging: Callable[[Partition], bool],
+        idle_ms: float,
+        burst_hold_ms: float,
+        end_known: Callable[[Partition], bool] = lambda p: False,
     ) -> None:
         self._inputs = inputs
         self._lagging = lagging  # whether the broker holds records of a partition not polled yet
+        self._end_known = end_known  # whether a fetch has told where the partition ends (so `lagging` is true)
         self._idle_s = idle_ms / 1000
         self._burst_hold_s = burst_hold_ms / 1000
         self._last_polled = 0.0  # time.monotonic() of the last record polled
@@ -141,8 +148,8 @@ class Aligner:
         if not records:
             return
         if now - self._last_polled > IDLE_GAP_S:
-            # The first records after a quiet spell: the lag of the other partitions is only known
-            # once their first fetch answers, so the merge waits that long before trusting it.
+            # The first records after a quiet spell: the lag of a partition no fetch has answered
+            # for yet (just assigned, just started) is unknown, so the merge waits for that.
             self._hold_until = now + self._burst_hold_s
         self._last_polled = now
         now_ms = int(time.time() * 1000)
@@ -168,7 +175,7 @@ class Aligner:
         for queue in self._queues.values():
             self._release_ahead(queue, out, limit)
         heads = [(q.head_ts(), p) for p, q in self._queues.items() if q]
-        if not heads or time.monotonic() < self._hold_until:
+        if not heads or self._holding():
             return out
         heapq.heapify(heads)
         until = self._bound(heads[0][0])
@@ -206,6 +213,12 @@ class Aligner:
         self._passing.clear()
         self._queues.clear()
         return first
+
+    def _holding(self) -> bool:
+        """After a quiet spell, until a fetch has told the end of every partition (`burst_hold_ms` at most)."""
+        if self._hold_until and all(self._end_known(p) for p in self._partitions):
+            self._hold_until = 0.0
+        return time.monotonic() < self._hold_until
 
     def caught_up(self) -> bool:
         """Nothing buffered and nothing more at the broker: this worker holds no one back."""

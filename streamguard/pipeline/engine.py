@@ -54,7 +54,7 @@ Changeset = dict[int, Changes]  # shard -> its state changes in this transaction
 
 TXN_TIMEOUT_S = 30.0
 ALIGN_IDLE_MS = 1000.0  # how long a lagging input partition may hold the event-time merge back
-BURST_HOLD_MS = 250.0  # how long the merge waits for every partition's first fetch after a quiet spell
+BURST_HOLD_MS = 250.0  # how long at most the merge waits for every partition's first fetch after a quiet spell
 PARTITION_BUFFER = 50_000  # an input partition is paused while the aligner holds more of it (memory bound)
 READ_AHEAD = 2000  # records librdkafka fetches ahead per partition
 IN_FLIGHT = 20  # records of a partition on their way in live traffic: a lag this small holds nothing back
@@ -135,7 +135,9 @@ class Engine:
         self._stores: dict[int, PartitionStore] = {}
         self._recent: dict[int, RecentIds] = {}
         self._ingest = Ingest(names, pseudonymizer)
-        self._aligner = Aligner(set(names.inputs.values()), self._lagging, ALIGN_IDLE_MS, BURST_HOLD_MS)
+        self._aligner = Aligner(
+            set(names.inputs.values()), self._lagging, ALIGN_IDLE_MS, BURST_HOLD_MS, end_known=self._end_known
+        )
         self._consumer: Consumer | None = None
         self._start_offsets: dict[tuple[str, int], int] = {}  # where each input partition was taken up
         self._paused: set[tuple[str, int]] = set()
@@ -458,6 +460,13 @@ class Engine:
             position = self._start_offsets.get(partition, -1)
         _, high = self._consumer.get_watermark_offsets(tp, cached=True)
         return bool(position >= 0 and high - position > IN_FLIGHT)
+
+    def _end_known(self, partition: tuple[str, int]) -> bool:
+        """Whether a fetch has told where `partition` ends: the consumer caches it from every fetch answer."""
+        if self._consumer is None:
+            return False
+        _, high = self._consumer.get_watermark_offsets(TopicPartition(*partition), cached=True)
+        return bool(high >= 0)
 
     def _recent_ids(self, store: PartitionStore) -> RecentIds:
         return RecentIds(store, self._settings.dedup_retention_s * 1000)

@@ -79,6 +79,19 @@ def test_after_a_quiet_spell_the_merge_waits_for_the_first_fetches():
     assert len(aligner.release(10, 10**12)) == 1
 
 
+def test_after_a_quiet_spell_the_merge_waits_only_until_every_partition_end_is_known():
+    known = {("events.login", 0): True, ("events.device", 0): False}
+    aligner = Aligner(INPUTS, lambda p: False, idle_ms=0, burst_hold_ms=10_000, end_known=lambda p: known[p])
+    aligner.assign(list(known))
+    aligner.add([_record("events.login", 0, 0, NOW - 1000)])
+    assert aligner.release(10, 10**12) == [], "the device partition's end is not known yet"
+    known[("events.device", 0)] = True  # its first fetch answered: nothing there
+    assert len(aligner.release(10, 10**12)) == 1
+    time.sleep(1.1)  # another quiet spell, every end known: no wait at all
+    aligner.add([_record("events.login", 0, 1, NOW - 900)])
+    assert len(aligner.release(10, 10**12)) == 1
+
+
 def test_unreleased_records_are_given_back_by_their_first_offsets():
     aligner = Aligner(INPUTS, lambda p: True, idle_ms=10_000, burst_hold_ms=0)
     aligner.assign([("events.login", 0), ("events.device", 1)])
