@@ -204,15 +204,12 @@ class Aligner:
         while len(out) < limit and queue and queue.head_is_ahead():
             out.append(queue.popleft())
 
-    def unreleased(self) -> dict[Partition, int]:
-        """The first buffered offset of each partition, and forget the buffer (after an abort)."""
-        first: dict[Partition, int] = {}
-        for record in self._passing + [r for q in self._queues.values() for r in q.records()]:
-            key = (record.topic, record.partition)
-            first[key] = min(first.get(key, record.offset), record.offset)
+    def unreleased(self) -> list[Incoming]:
+        """The records buffered and not released, forgotten here (after an abort, they are read again)."""
+        records = self._passing + [r for q in self._queues.values() for r in q.records()]
         self._passing.clear()
         self._queues.clear()
-        return first
+        return records
 
     def _holding(self) -> bool:
         """After a quiet spell, until a fetch has told the end of every partition (`burst_hold_ms` at most)."""

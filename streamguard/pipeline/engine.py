@@ -39,7 +39,7 @@ from streamguard.codec import MAX_RECORD_BYTES, MergeItem, ProgressItem, RecordI
 from streamguard.features.table import EntityFeatures
 from streamguard.pipeline.align import Aligner
 from streamguard.pipeline.ingest import Ingest, error_code
-from streamguard.pipeline.records import Headers, Incoming, Outgoing
+from streamguard.pipeline.records import Headers, Incoming, Outgoing, first_offsets
 from streamguard.pipeline.shard import Result, ShardWork, target_shard
 from streamguard.privacy import Pseudonymizer
 from streamguard.settings import Settings
@@ -366,10 +366,8 @@ class Engine:
             store.discard_uncommitted()
             self._recent[shard] = self._recent_ids(store)  # forget what the aborted batch taught it
         assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
-        first = self._aligner.unreleased()  # what was polled after the batches is polled again
-        for tp in _first_offsets(records):
-            first[(tp.topic, tp.partition)] = min(first.get((tp.topic, tp.partition), tp.offset), tp.offset)
-        for (topic, partition), offset in first.items():
+        # What was polled after the batches (and not released) is read again too.
+        for (topic, partition), offset in first_offsets([*records, *self._aligner.unreleased()]).items():
             if (topic, partition) in assigned:
                 try:
                     consumer.seek(TopicPartition(topic, partition, offset))
@@ -651,11 +649,3 @@ def _next_offsets(batch: list[Incoming]) -> list[TopicPartition]:
         key = (record.topic, record.partition)
         last[key] = max(last.get(key, -1), record.offset)
     return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
-
-
-def _first_offsets(batch: list[Incoming]) -> list[TopicPartition]:
-    first: dict[tuple[str, int], int] = {}
-    for record in batch:
-        key = (record.topic, record.partition)
-        first[key] = min(first.get(key, record.offset), record.offset)
-    return [TopicPartition(t, p, o) for (t, p), o in first.items()]

@@ -23,3 +23,12 @@ class Outgoing:
     key: bytes | None = None
     partition: int = -1  # -1: the producer's partitioner (murmur2 of the key, as Java clients)
     headers: Headers | None = None
+
+
+def first_offsets(records: list[Incoming]) -> dict[tuple[str, int], int]:
+    """The first offset of each partition among `records`: where to read them again from."""
+    first: dict[tuple[str, int], int] = {}
+    for record in records:
+        key = (record.topic, record.partition)
+        first[key] = min(first.get(key, record.offset), record.offset)
+    return first
