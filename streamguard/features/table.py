@@ -115,27 +115,24 @@ class EntityFeatures:
         for key, raw in scanned:
             if store.uncommitted(key):  # written by a transaction not applied yet (`flush` comes first): in use
                 continue
-            kept = self._declared_parts(raw)
-            if kept is None or all(
-                compiled.newest_ts(part) < watermark_ts - compiled.lifetime_ms
-                for compiled, part in ((self._by_state_key[sk], part) for sk, part in kept.items())
-            ):
+            try:
+                parts = EntityWindows.parts_of(raw)
+            except msgspec.DecodeError:
+                parts = {}
+            declared = {sk: part for sk, part in parts.items() if sk in self._by_state_key}
+            if all(self._past_use(sk, part, watermark_ts) for sk, part in declared.items()):
                 store.delete(key)
                 windows.forget(store, key)
-            elif len(kept) < len(EntityWindows.parts_of(raw)):
-                store.put(key, EntityWindows.encode(kept))
+            elif len(declared) < len(parts):
+                store.put(key, EntityWindows.encode(declared))
                 windows.forget(store, key)
         if len(scanned) < limit:
             return keys.FEATURE
         return scanned[-1][0] + b"\x00"
 
-    def _declared_parts(self, raw: bytes) -> dict[bytes, bytes] | None:
-        """The windows of declared features a record holds; None for a record that cannot be read."""
-        try:
-            parts = EntityWindows.parts_of(raw)
-        except msgspec.DecodeError:
-            return None
-        return {sk: part for sk, part in parts.items() if sk in self._by_state_key}
+    def _past_use(self, state_key: bytes, part: bytes, watermark_ts: int) -> bool:
+        compiled = self._by_state_key[state_key]
+        return compiled.newest_ts(part) < watermark_ts - compiled.lifetime_ms
 
 
 _parts_encoder: Final = msgspec.msgpack.Encoder()
