@@ -114,7 +114,7 @@ class Aligner:
     ) -> None:
         self._inputs = inputs
         self._lagging = lagging  # whether the broker holds records of a partition not polled yet
-        self._end_known = end_known  # whether a fetch has told where the partition ends (so `lagging` is true)
+        self._end_known = end_known  # whether a fetch has told where the partition ends (so `lagging` holds)
         self._idle_s = idle_ms / 1000
         self._burst_hold_s = burst_hold_ms / 1000
         self._last_polled = 0.0  # time.monotonic() of the last record polled
