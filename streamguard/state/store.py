@@ -46,7 +46,7 @@ class StoreOptions:
         opts.set_write_buffer_size(self.write_buffer_bytes)
         opts.set_max_write_buffer_number(self.max_write_buffers)
         opts.set_max_open_files(self.max_open_files)
-        # Most reads are for windows of entities never seen (84% in the scenario at scale 5): a bloom
+        # Most reads are for entities never seen (84% in the scenario at scale 5): a bloom
         # filter on the memtables answers those without searching them (3.1 -> 2.4 µs a read).
         opts.set_memtable_prefix_bloom_ratio(0.1)
         opts.set_memtable_whole_key_filtering(True)
