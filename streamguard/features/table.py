@@ -111,10 +111,8 @@ class EntityFeatures:
         dropped from `windows` too. Call it after `windows.flush()`. The
         returned cursor wraps to the start once the end is reached.
         """
-        scanned = store.items_from(after, keys.FEATURE_END, limit)
+        scanned, resume = store.items_from(after, keys.FEATURE_END, limit)  # in use if written, not applied yet
         for key, raw in scanned:
-            if store.uncommitted(key):  # written by a transaction not applied yet (`flush` comes first): in use
-                continue
             try:
                 parts = EntityWindows.parts_of(raw)
             except msgspec.DecodeError:
@@ -126,9 +124,7 @@ class EntityFeatures:
             elif len(declared) < len(parts):
                 store.put(key, EntityWindows.encode(declared))
                 windows.forget(store, key)
-        if len(scanned) < limit:
-            return keys.FEATURE
-        return scanned[-1][0] + b"\x00"
+        return keys.FEATURE if resume is None else resume
 
     def _past_use(self, state_key: bytes, part: bytes, watermark_ts: int) -> bool:
         compiled = self._by_state_key[state_key]

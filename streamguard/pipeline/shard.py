@@ -150,12 +150,11 @@ class ShardWork:
     def _forget_fingerprints(self, shard: int, store: PartitionStore, before_ts: int) -> None:
         """Drop device -> fingerprint links last reported before `before_ts`, a bounded number per batch."""
         cursor = self._fingerprint_cursor.get(shard, keys.DEVICE_FINGERPRINT)
-        scanned = store.items_from(cursor, keys.DEVICE_FINGERPRINT_END, EXPIRE_PER_BATCH)
+        scanned, resume = store.items_from(cursor, keys.DEVICE_FINGERPRINT_END, EXPIRE_PER_BATCH)
         for key, raw in scanned:
-            if not store.uncommitted(key) and keys.decode_u64(raw[:8]) < before_ts:
+            if keys.decode_u64(raw[:8]) < before_ts:
                 store.delete(key)
-        full = len(scanned) == EXPIRE_PER_BATCH
-        self._fingerprint_cursor[shard] = scanned[-1][0] + b"\x00" if full else keys.DEVICE_FINGERPRINT
+        self._fingerprint_cursor[shard] = keys.DEVICE_FINGERPRINT if resume is None else resume
 
     # --- the three kinds of work -------------------------------------------------
 

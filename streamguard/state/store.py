@@ -97,10 +97,6 @@ class PartitionStore:
         value: bytes | None = self._db.get(key)
         return value
 
-    def uncommitted(self, key: bytes) -> bool:
-        """Whether `key` has a write RocksDB does not hold yet (a scan of RocksDB sees its old value)."""
-        return key in self.pending or key in self.committing
-
     def put(self, key: bytes, value: bytes) -> None:
         self.pending[key] = value
 
@@ -117,17 +113,29 @@ class PartitionStore:
             assert isinstance(key, bytes)  # raw mode
             yield key
 
-    def items_from(self, lower: bytes, upper: bytes, limit: int) -> list[tuple[bytes, bytes]]:
-        """Committed (key, value) pairs from `lower` up to `upper` (exclusive), at most `limit`."""
+    def items_from(self, lower: bytes, upper: bytes, limit: int) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
+        """Committed (key, value) pairs from `lower` up to `upper` (exclusive), scanning at most `limit` keys.
+
+        Also where to scan on from (None: `upper` was reached). Keys with a
+        write RocksDB may not hold yet are left out: their scanned value may be
+        stale, and a sweep must not judge an entity by it. The committing
+        writes are taken before the scan: the committer thread replaces them
+        with `{}` once applied, so a check made after the scan would miss a
+        write applied while it ran.
+        """
+        committing, pending = self.committing, self.pending
         opts = ReadOptions()
         opts.set_iterate_upper_bound(upper)
         found: list[tuple[bytes, bytes]] = []
+        scanned = 0
         for key, value in self._db.items(from_key=lower, read_opt=opts):
-            if len(found) >= limit:
-                break
             assert isinstance(key, bytes) and isinstance(value, bytes)  # raw mode
-            found.append((key, value))
-        return found
+            if scanned == limit:
+                return found, key
+            scanned += 1
+            if key not in committing and key not in pending:
+                found.append((key, value))
+        return found, None
 
     def take_changes(self) -> Changes:
         """The pending writes, for a transaction; they stay readable (as `committing`) until `apply` or `discard`.

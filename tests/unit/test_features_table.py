@@ -135,7 +135,7 @@ def test_windows_past_use_and_of_undeclared_features_are_swept_a_bounded_amount_
     store.apply(store.take_changes(), 0)
 
     def left() -> int:
-        return len(store.items_from(b"\x03", b"\x04", 1000))
+        return len(store.items_from(b"\x03", b"\x04", 1000)[0])
 
     assert left() == 32
     cursor = table.sweep(store, windows, b"\x03", T0 + 3_600_000, limit=20)
@@ -197,7 +197,7 @@ def test_an_entity_is_one_record_and_keeps_the_bytes_of_windows_it_did_not_chang
     table.apply(store, eid, digest, login, None, windows)
     windows.flush()
     store.apply(store.take_changes(), 0)
-    (key,) = [k for k, _ in store.items_from(b"\x03", b"\x04", 10)]
+    (key,) = [k for k, _ in store.items_from(b"\x03", b"\x04", 10)[0]]
     before = EntityWindows.parts_of(store.get(key))
     windows.clear()  # read back from the store: the login windows are not decoded by an SMS
     values = table.apply(store, eid, digest, sms, None, windows)
