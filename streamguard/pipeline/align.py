@@ -21,8 +21,10 @@ holding its partition back until the merge reaches its time; a late record
 goes as soon as it reaches the head of its partition. A batch spans at most
 `span_ms` of event time past what was already released.
 Per partition, what is released is always a prefix of what was polled, so
-committing the released offsets never skips a record.
-Records that are not events (internal topics, invalid bytes) pass at once.
+committing the released offsets never skips a record: an input record with
+no usable `ts` (invalid bytes, a time too far ahead) waits in its partition
+like any other and goes as soon as it reaches the head. Records of other
+topics (internal ones) pass at once.
 """
 
 from __future__ import annotations
@@ -79,9 +81,12 @@ class _PartitionQueue:
         return len(self._records)
 
     def append(self, ts: int, record: Incoming) -> None:
+        """Queue `record`; a `ts` of -1 (none usable) goes as soon as it reaches the head."""
         self._arrivals += 1
-        self.last_ts = ts
         self._records.append((ts, self._arrivals, record))
+        if ts < 0:
+            return  # neither the partition's time nor ahead of it
+        self.last_ts = ts
         while self._newest and self._newest[-1][0] <= ts:
             self._newest.pop()
         self._newest.append((ts, self._arrivals))
@@ -91,7 +96,7 @@ class _PartitionQueue:
 
     def popleft(self) -> Incoming:
         _, arrival, record = self._records.popleft()
-        if self._newest[0][1] == arrival:
+        if self._newest and self._newest[0][1] == arrival:
             self._newest.popleft()
         return record
 
@@ -154,11 +159,11 @@ class Aligner:
         self._last_polled = now
         now_ms = int(time.time() * 1000)
         for record in records:
-            ts = event_ts(record.value, now_ms) if record.topic in self._inputs else -1
-            if ts < 0:
-                self._passing.append(record)
+            if record.topic in self._inputs:
+                queue = self._queues.setdefault((record.topic, record.partition), _PartitionQueue())
+                queue.append(event_ts(record.value, now_ms), record)
             else:
-                self._queues.setdefault((record.topic, record.partition), _PartitionQueue()).append(ts, record)
+                self._passing.append(record)
 
     def release(self, limit: int, span_ms: int, horizon_ts: int | None = None) -> list[Incoming]:
         """Up to `limit` records within `span_ms` of event time, in event-time order across partitions.
@@ -200,8 +205,8 @@ class Aligner:
 
     @staticmethod
     def _release_ahead(queue: _PartitionQueue, out: list[Incoming], limit: int) -> None:
-        """Release the records at the head of `queue` that are ahead of their partition, where they arrived."""
-        while len(out) < limit and queue and queue.head_is_ahead():
+        """Release the records at the head of `queue` that have no usable `ts` or are ahead of their partition."""
+        while len(out) < limit and queue and (queue.head_ts() < 0 or queue.head_is_ahead()):
             out.append(queue.popleft())
 
     def unreleased(self) -> list[Incoming]:
@@ -220,6 +225,25 @@ class Aligner:
     def caught_up(self) -> bool:
         """Nothing buffered and nothing more at the broker: this worker holds no one back."""
         return not len(self) and not any(self._lagging(p) for p in self._partitions)
+
+    def low_watermark(self) -> int | None:
+        """The oldest event time this worker may still release (in order); None if nothing is known yet.
+
+        It is what other workers wait for, so it must count what is held here:
+        a record held at a time far ahead of the rest (a clock ahead, a
+        replay's last event) holds this worker at that time, not at the time
+        it released last. Two workers each holding such a record then each
+        let the other go on, where "how far I released" would make them wait
+        for each other for ever.
+        """
+        times = [q.head_ts() for q in self._queues.values() if q and q.head_ts() >= 0]  # -1 goes at once
+        for p in self._partitions:
+            queue = self._queues.get(p)
+            if not queue and self._lagging(p):  # its next records are no older than its last
+                if queue is None or queue.last_ts < 0:
+                    return None  # it gave nothing yet
+                times.append(queue.last_ts)
+        return min(times, default=None)
 
     def full(self, limit: int) -> list[Partition]:
         """The partitions with over `limit` records buffered: the consumer pauses them, so others get fetched."""

@@ -58,7 +58,7 @@ def test_a_lagging_partition_holds_the_merge_back_only_for_a_while():
     assert 0.2 <= time.monotonic() - started < 1.0
 
 
-def test_records_without_a_usable_ts_and_internal_records_pass_at_once():
+def test_records_without_a_usable_ts_at_the_head_and_internal_records_pass_at_once():
     aligner = Aligner(INPUTS, lambda p: True, idle_ms=10_000, burst_hold_ms=0)
     aligner.assign([("events.login", 0)])
     odd = [
@@ -67,7 +67,7 @@ def test_records_without_a_usable_ts_and_internal_records_pass_at_once():
         Incoming("sg.shards", 0, 0, None, b"\x93"),
     ]
     aligner.add(odd)
-    assert aligner.release(100, 10**12) == odd
+    assert sorted(aligner.release(100, 10**12), key=lambda r: r.topic) == odd
 
 
 def test_after_a_quiet_spell_the_merge_waits_for_the_first_fetches():
@@ -138,3 +138,48 @@ def test_a_late_record_does_not_let_the_records_before_it_jump_ahead():
     position = {id(r): i for i, r in enumerate(out)}
     assert position[id(logins[0])] > position[id(devices[8])], "its ts comes after the device reports before it"
     assert position[id(logins[1])] == position[id(logins[0])] + 1, "the late one goes right after, at once"
+
+
+def test_an_invalid_record_waits_behind_the_held_records_of_its_partition():
+    """Released offsets stay a prefix per partition, so a commit never passes a record still held."""
+    lagging = {("events.device", 0)}
+    aligner = Aligner(INPUTS, lambda p: p in lagging, idle_ms=10_000, burst_hold_ms=0)
+    aligner.assign([("events.login", 0), ("events.device", 0)])
+    aligner.add([_record("events.device", 0, 0, NOW - 9000)])
+    assert aligner.release(100, 10**12)  # the device partition gave its first record, and lags
+    held = _record("events.login", 0, 0, NOW - 5000)  # newer than what the lagging partition gave
+    invalid = Incoming("events.login", 0, 1, None, b"{not json")
+    far_ahead = _record("events.login", 0, 2, NOW + 3_600_000)
+    aligner.add([held, invalid, far_ahead])
+    assert aligner.release(100, 10**12) == []
+    assert first_offsets(aligner.unreleased()) == {("events.login", 0): 0}
+
+
+def test_an_invalid_record_at_the_head_of_its_partition_goes_at_once():
+    aligner = Aligner(INPUTS, lambda p: False, idle_ms=10_000, burst_hold_ms=0)
+    aligner.assign([("events.login", 0)])
+    invalid = Incoming("events.login", 0, 0, None, b"{not json")
+    aligner.add([invalid, _record("events.login", 0, 1, NOW - 5000)])
+    assert [r.offset for r in aligner.release(100, 10**12)] == [0, 1]
+
+
+def test_the_low_watermark_is_the_oldest_time_still_held_not_the_newest_released():
+    """Two workers each holding a record far ahead must not wait for each other for ever."""
+    aligner = Aligner(INPUTS, lambda p: False, idle_ms=10_000, burst_hold_ms=0)
+    aligner.assign([("events.login", 0), ("events.device", 0)])
+    aligner.add([_record("events.login", 0, 0, NOW - 10_000), _record("events.device", 0, 0, NOW + 200_000)])
+    horizon = NOW  # how far a peer lets this worker go
+    assert [r.offset for r in aligner.release(100, 60_000, horizon)] == [0]
+    assert aligner.released_ts == NOW - 10_000
+    assert aligner.low_watermark() == NOW + 200_000  # what it holds, told to peers
+    assert not aligner.caught_up()
+    # The peer, holding its own record at NOW + 150_000, tells that; this worker may go up to it plus the span.
+    assert [r.offset for r in aligner.release(100, 60_000, NOW + 150_000 + 60_000)] == [0]
+    assert aligner.low_watermark() is None and aligner.caught_up()
+
+
+def test_a_lagging_partition_that_gave_nothing_yet_makes_the_low_watermark_unknown():
+    aligner = Aligner(INPUTS, lambda p: p == ("events.device", 0), idle_ms=10_000, burst_hold_ms=0)
+    aligner.assign([("events.login", 0), ("events.device", 0)])
+    aligner.add([_record("events.login", 0, 0, NOW - 10_000)])
+    assert aligner.low_watermark() is None
