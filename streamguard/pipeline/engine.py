@@ -59,8 +59,10 @@ PARTITION_BUFFER = 50_000  # an input partition is paused while the aligner hold
 READ_AHEAD = 2000  # records librdkafka fetches ahead per partition
 IN_FLIGHT = 20  # records of a partition on their way in live traffic: a lag this small holds nothing back
 PEER_SILENCE_S = 2.0  # a peer not heard from for this long does not hold this worker back
+PROGRESS_EVERY_S = 0.5  # an unchanged progress is told again after this long (while it holds peers back)
 CAUGHT_UP = 2**62  # the progress of a worker with nothing left to read: it holds no one back
 RESTORE_TIMEOUT_S = 600.0
+STABLE_OFFSETS_TIMEOUT_S = 120.0  # well past the transaction timeout plus the broker's abort sweep (10 s each)
 GC_THRESHOLDS = (50_000, 20, 100)  # allocations before a young collection; young ones per older one
 IDLE_POLL_S = 0.1  # how long a poll waits for records when there is nothing else to do
 BUSY_POLL_S = 0.001  # ... when the merge holds records, or processed work waits for the commit in flight
@@ -108,6 +110,7 @@ class InFlight:
     """Batches whose transaction the committer thread is running; its result: each shard's changelog offset."""
 
     processed: Processed
+    offsets: list[TopicPartition]  # the consumed offsets it commits
     result: Future[dict[int, int]]
 
 
@@ -141,7 +144,9 @@ class Engine:
         self._consumer: Consumer | None = None
         self._start_offsets: dict[tuple[str, int], int] = {}  # where each input partition was taken up
         self._paused: set[tuple[str, int]] = set()
-        self._peers: dict[str, tuple[int, float]] = {}  # worker -> (event time it has read to, when heard)
+        self._shard_offsets: dict[int, int] = {}  # owned shard -> the offset of its partition committed last
+        self._peers: dict[str, tuple[int, float]] = {}  # worker -> (oldest event time it may release, when heard)
+        self._told: tuple[int, float] = (-1, 0.0)  # the progress this worker last told its peers, and when
         features_topic = settings.topic(settings.features_topic) if settings.features_topic else None
         self._work = ShardWork(
             names, features, detector, pseudonymizer, self._stores.__getitem__, self._recent.__getitem__, features_topic
@@ -248,10 +253,27 @@ class Engine:
         processed, self._processed = self._processed, Processed()
         changes = {shard: self._stores[shard].take_changes() for shard in processed.touched}
         changes = {shard: c for shard, c in changes.items() if c}
+        offsets = self._offsets_to_commit(processed.records)
         group = consumer.consumer_group_metadata()
         producer.begin_transaction()  # local to the producer: no broker round trip
-        result = self._committer.submit(self._commit_batch, producer, group, processed, changes)
-        self._in_flight = InFlight(processed, result)
+        result = self._committer.submit(self._commit_batch, producer, group, processed, offsets, changes)
+        self._in_flight = InFlight(processed, offsets, result)
+
+    def _offsets_to_commit(self, records: list[Incoming]) -> list[TopicPartition]:
+        """The offsets after `records`, and the offset of every shards partition this worker owns.
+
+        Every transaction commits an offset on each owned shard, even one it
+        read nothing of: so while a transaction is open, the coordinator calls
+        the offsets of all this worker's shards unstable, and a shard's next
+        owner waits for that transaction to end before restoring its state
+        (see `_committed_offsets`). A worker frozen mid-transaction (SIGSTOP, a
+        VM pause) may come back and commit it after its shards moved.
+        """
+        offsets = _next_offsets(records)
+        read = {tp.partition for tp in offsets if tp.topic == self._names.shard_topic}
+        shard_topic = self._names.shard_topic
+        offsets += [TopicPartition(shard_topic, p, o) for p, o in self._shard_offsets.items() if p not in read]
+        return offsets
 
     def _settle(self, consumer: Consumer, producer: Producer) -> bool:
         """Wait for the transaction in flight; False if it aborted (what was processed since is dropped too)."""
@@ -264,6 +286,9 @@ class Engine:
             later, self._processed = self._processed, Processed()
             self._abort(consumer, producer, [*flight.processed.records, *later.records], exc)
             return False
+        for tp in flight.offsets:
+            if tp.topic == self._names.shard_topic and tp.partition in self._shard_offsets:
+                self._shard_offsets[tp.partition] = tp.offset
         self._count(flight.processed)
         self.stats.transactions += 1
         return True
@@ -275,7 +300,12 @@ class Engine:
             self._settle(consumer, producer)
 
     def _commit_batch(
-        self, producer: Producer, group: object, processed: Processed, changes: Changeset
+        self,
+        producer: Producer,
+        group: object,
+        processed: Processed,
+        offsets: list[TopicPartition],
+        changes: Changeset,
     ) -> dict[int, int]:
         """On the committer thread: one transaction for the records, state changes and offsets of `processed`."""
         started = time.perf_counter()
@@ -283,15 +313,15 @@ class Engine:
         try:
             changelog = self._send(producer, processed.outs, changes)
             # The consumed offsets go to the group coordinator while the records are on their way.
-            producer.send_offsets_to_transaction(_next_offsets(processed.records), group, TXN_TIMEOUT_S)
-            offsets = changelog.wait(producer)
+            producer.send_offsets_to_transaction(offsets, group, TXN_TIMEOUT_S)
+            changelog_offsets = changelog.wait(producer)
             _commit(producer)
         finally:
             self.transaction_started = None
-        for shard, offset in offsets.items():
+        for shard, offset in changelog_offsets.items():
             self._stores[shard].apply(changes[shard], offset)
         self.stats.last_commit_ms = 1000 * (time.perf_counter() - started)
-        return offsets
+        return changelog_offsets
 
     def _process(self, batch: list[Incoming], now_ms: int) -> None:
         """Add to `_processed` everything the batch produces; its state changes are left pending in the stores.
@@ -331,10 +361,7 @@ class Engine:
             wave = [(target_shard(new, self._names.shards), new) for new in result.items]
             result.items.clear()
         outs += result.outs
-        if self._aligner.released_ts:  # tell every other shard's owner how far this worker has read
-            progress = CAUGHT_UP if self._aligner.caught_up() else self._aligner.released_ts
-            for shard in set(range(self._names.shards)) - set(self._stores):
-                remote[shard].append(ProgressItem(self._worker_id, progress))
+        self._tell_progress(remote)
         outs += [out for shard, items in remote.items() for out in self._ingest.shard_records(shard, items)]
         self._work.flush()
         self._work.expire(touched)
@@ -391,7 +418,7 @@ class Engine:
         self._drain_before_rebalance(consumer)
         self._aligner.assign([(tp.topic, tp.partition) for tp in partitions])
         self._work.clear()  # a restore writes to the stores behind its back
-        self._note_start_offsets(consumer, [tp for tp in partitions if tp.topic != self._names.shard_topic])
+        self._take_up(consumer, partitions)
         shards = [tp.partition for tp in partitions if tp.topic == self._names.shard_topic]
         for shard in shards:
             self._stores[shard] = PartitionStore(
@@ -407,7 +434,15 @@ class Engine:
         self._drain_before_rebalance(consumer)
         self._aligner.revoke([(tp.topic, tp.partition) for tp in partitions])
         self._work.clear()  # its caches are keyed by store: a closed store's id may be reused
-        self._paused -= {(tp.topic, tp.partition) for tp in partitions}
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        # librdkafka keeps an application's pause across a rebalance: a partition that came back
+        # here paused, with its pause forgotten, would never be read again.
+        if revoked & self._paused:
+            consumer.resume([TopicPartition(t, p) for t, p in revoked & self._paused])
+        self._paused -= revoked
+        for tp in partitions:
+            if tp.topic == self._names.shard_topic:
+                self._shard_offsets.pop(tp.partition, None)
         self._close_stores([tp.partition for tp in partitions if tp.topic == self._names.shard_topic])
         self.stats.shards = sorted(self._stores)
 
@@ -415,6 +450,25 @@ class Engine:
         """What was processed is committed (or aborted) before partitions and their stores change hands."""
         if self._producer is not None:
             self._drain(consumer, self._producer)
+
+    def _tell_progress(self, remote: dict[int, list[RecordItem]]) -> None:
+        """Tell every other shard's owner the oldest event time this worker may still release.
+
+        Only when it changed, or a while after the last time while it holds
+        peers back (they stop waiting for a worker they have not heard from,
+        which is what being caught up asks of them anyway): a worker that
+        answered every record of a peer's progress with its own kept two idle
+        workers committing dozens of transactions a second.
+        """
+        progress = CAUGHT_UP if self._aligner.caught_up() else self._aligner.low_watermark()
+        now = time.monotonic()
+        if progress is None or (
+            progress == self._told[0] and (progress == CAUGHT_UP or now - self._told[1] < PROGRESS_EVERY_S)
+        ):
+            return
+        self._told = (progress, now)
+        for shard in set(range(self._names.shards)) - set(self._stores):
+            remote[shard].append(ProgressItem(self._worker_id, progress))
 
     def _peer_horizon(self, span_ms: int) -> int | None:
         """How far this worker may read: the slowest peer heard from lately, plus `span_ms` (None: no peer)."""
@@ -433,14 +487,43 @@ class Engine:
             consumer.pause([TopicPartition(t, p) for t, p in full - self._paused])
         self._paused = full
 
-    def _note_start_offsets(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Where reading each input partition starts (committed, else earliest), to tell lag before any read."""
-        try:
-            for tp in consumer.committed(partitions, timeout=10):
-                start = tp.offset if tp.offset >= 0 else consumer.get_watermark_offsets(tp, timeout=10)[0]
+    def _take_up(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Note where reading each assigned partition starts (committed, else earliest) once that is stable.
+
+        The input partitions' start tells their lag before any read; the shards'
+        are committed again by every transaction (`_offsets_to_commit`).
+        """
+        for tp in self._committed_offsets(consumer, partitions):
+            start = tp.offset if tp.offset >= 0 else _log_start(consumer, tp)
+            if tp.topic == self._names.shard_topic:
+                self._shard_offsets[tp.partition] = start
+            else:
                 self._start_offsets[(tp.topic, tp.partition)] = start
-        except KafkaException as exc:
-            log.warning("start offsets unknown, replays may not be aligned in event time: %s", exc)
+
+    def _committed_offsets(self, consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """The committed offsets of `partitions`, once no transaction that commits any of them is open.
+
+        Under read_committed, librdkafka asks for stable offsets: while another
+        worker's transaction holds offsets of these partitions (it owned them,
+        and may still commit), the coordinator answers UNSTABLE_OFFSET_COMMIT.
+        That transaction also wrote the changelog of the shards that move here,
+        so their state is restored only after it committed or aborted: at most
+        the transaction timeout plus the coordinator's abort sweep.
+        """
+        deadline = time.monotonic() + STABLE_OFFSETS_TIMEOUT_S
+        while True:
+            try:
+                answered = consumer.committed(partitions, timeout=10)
+                unstable = [tp for tp in answered if tp.error is not None]
+                if not unstable:
+                    return list(answered)
+                reason = unstable[0].error
+            except KafkaException as exc:
+                reason = exc.args[0]
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"committed offsets not stable in {STABLE_OFFSETS_TIMEOUT_S:.0f} s: {reason}")
+            log.info("waiting for a previous owner's transaction to end before taking partitions up: %s", reason)
+            time.sleep(0.2)
 
     def _lagging(self, partition: tuple[str, int]) -> bool:
         """Whether the broker holds more records of `partition` than are normally in flight.
@@ -566,6 +649,19 @@ def _commit(producer: Producer) -> None:
             if not exc.args[0].retriable():
                 raise
             log.warning("commit not confirmed yet, retrying: %s", exc.args[0])
+
+
+def _log_start(consumer: Consumer, tp: TopicPartition) -> int:
+    """The first offset the broker holds of `tp`, asked again while the broker says a retry may help."""
+    while True:
+        try:
+            low: int = consumer.get_watermark_offsets(tp, timeout=10)[0]
+            return low
+        except KafkaException as exc:
+            if not exc.args[0].retriable():
+                raise
+            log.warning("retrying after: %s", exc.args[0])
+            time.sleep(0.2)
 
 
 def _retrying(operation: Callable[[], None]) -> None:
