@@ -94,6 +94,16 @@ def _parser() -> argparse.ArgumentParser:
     lists.add_argument("--note", default="", help="why, for whoever reads the topic")
     lists.set_defaults(run=_lists)
 
+    verify = command("verify", "check, once traffic has stopped, that what is committed is exactly-once")
+    verify.add_argument(
+        "--data-dir",
+        dest="data_dirs",
+        type=Path,
+        action="append",
+        help="a worker's data directory, for the state check (repeat for each worker; default STREAMGUARD_DATA_DIR)",
+    )
+    verify.set_defaults(run=_verify)
+
     schemas = command("schemas", "write the JSON Schemas of the events into topics/schemas")
     schemas.add_argument("--check", action="store_true", help="fail if the files on disk are stale")
     schemas.set_defaults(run=_schemas)
@@ -191,6 +201,16 @@ def _publish(settings: Settings, topic: str, key: bytes, value: bytes | None) ->
     producer.produce(settings.topic(topic), value, key, on_delivery=lambda err, _: errors.append(err))
     if producer.flush(30) or errors[0] is not None:
         raise BrokerError(f"could not publish to {settings.topic(topic)}: {errors[0] if errors else 'timed out'}")
+
+
+def _verify(settings: Settings, args: argparse.Namespace) -> int:
+    """Exit 0 when every check passed (or was skipped), 1 when one failed."""
+    from streamguard.verify import verify
+
+    data_dirs = args.data_dirs or [p for p in [Path(settings.data_dir)] if p.is_dir()]
+    report = verify(settings, data_dirs)
+    print(report.format())
+    return 0 if report.passed else 1
 
 
 def _schemas(settings: Settings, args: argparse.Namespace) -> int:
