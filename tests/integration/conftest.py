@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import ROOT, Broker, Stack
+from tests.integration.harness import ROOT, Broker, Cluster, Stack, free_port_block
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +21,23 @@ def broker() -> Iterator[Broker]:
     yield broker
     if not was_running:
         broker.script("stop")
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    """A fresh three-node KRaft cluster on free ports, started by deploy/kafka/kafka.sh; stopped at the end.
+
+    Its home is .run/kafka-cluster-test (the script's own default, .run/kafka-cluster, is left alone).
+    """
+    home = ROOT / ".run" / "kafka-cluster-test"
+    Cluster(home, port=0).script("stop")  # a crashed session's nodes: stop goes by recorded PIDs, not ports
+    shutil.rmtree(home, ignore_errors=True)
+    cluster = Cluster(home, port=free_port_block(6))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.script("stop")
 
 
 @pytest.fixture
