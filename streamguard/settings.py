@@ -32,6 +32,7 @@ class Settings:
     features_topic: str = ""
     batch_max_events: int = 5000
     batch_max_span_ms: int = 60_000
+    partition_buffer: int = 50_000
     log_level: str = "WARNING"
 
     def topic(self, name: str) -> str:
@@ -63,6 +64,7 @@ DOCS: Final[dict[str, str]] = {
     ),
     "batch_max_events": "The most records one transaction takes (a batch is what is there when it polls).",
     "batch_max_span_ms": "The most event time one transaction covers (how far a replay may run ahead of its own work).",
+    "partition_buffer": "An input partition is paused while the event-time merge holds more of it (a memory bound).",
     "log_level": "Log level of the worker (DEBUG, INFO, WARNING, ERROR).",
 }
 

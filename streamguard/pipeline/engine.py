@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from rocksdict import Cache
 
 from streamguard.codec import MAX_RECORD_BYTES, MergeItem, ProgressItem, RecordItem, ShardItem, decode_shard
@@ -40,11 +40,12 @@ from streamguard.features.table import EntityFeatures
 from streamguard.pipeline.align import Aligner
 from streamguard.pipeline.ingest import Ingest, error_code
 from streamguard.pipeline.records import Headers, Incoming, Outgoing, first_offsets
+from streamguard.pipeline.restore import restore_shards, state_lifetimes
 from streamguard.pipeline.shard import Result, ShardWork, target_shard
 from streamguard.privacy import Pseudonymizer
 from streamguard.settings import Settings
 from streamguard.state.dedup import RecentIds
-from streamguard.state.store import Changes, PartitionStore, StoreOptions, decode_changes, encode_changes
+from streamguard.state.store import Changes, PartitionStore, StoreOptions, encode_changes
 from streamguard.topics.names import TopicNames
 from streamguard.verdicts import Detector
 
@@ -55,13 +56,11 @@ Changeset = dict[int, Changes]  # shard -> its state changes in this transaction
 TXN_TIMEOUT_S = 30.0
 ALIGN_IDLE_MS = 1000.0  # how long a lagging input partition may hold the event-time merge back
 BURST_HOLD_MS = 250.0  # how long at most the merge waits for every partition's first fetch after a quiet spell
-PARTITION_BUFFER = 50_000  # an input partition is paused while the aligner holds more of it (memory bound)
 READ_AHEAD = 2000  # records librdkafka fetches ahead per partition
 IN_FLIGHT = 20  # records of a partition on their way in live traffic: a lag this small holds nothing back
 PEER_SILENCE_S = 2.0  # a peer not heard from for this long does not hold this worker back
 PROGRESS_EVERY_S = 0.5  # an unchanged progress is told again after this long (while it holds peers back)
 CAUGHT_UP = 2**62  # the progress of a worker with nothing left to read: it holds no one back
-RESTORE_TIMEOUT_S = 600.0
 STABLE_OFFSETS_TIMEOUT_S = 120.0  # well past the transaction timeout plus the broker's abort sweep (10 s each)
 GC_THRESHOLDS = (50_000, 20, 100)  # allocations before a young collection; young ones per older one
 IDLE_POLL_S = 0.1  # how long a poll waits for records when there is nothing else to do
@@ -80,6 +79,7 @@ class EngineStats:
     aborted: int = 0
     shards: list[int] = field(default_factory=list)
     last_commit_ms: float = 0.0
+    pauses: int = 0  # input partitions paused for holding over `partition_buffer` records
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -91,6 +91,7 @@ class EngineStats:
             "aborted_transactions": self.aborted,
             "shards": sorted(self.shards),
             "last_commit_ms": round(self.last_commit_ms, 2),
+            "pauses": self.pauses,
         }
 
 
@@ -478,12 +479,13 @@ class Engine:
 
     def _pause_full(self, consumer: Consumer) -> None:
         """Pause the input partitions the aligner holds much of; resume the rest."""
-        full = set(self._aligner.full(PARTITION_BUFFER))
+        full = set(self._aligner.full(self._settings.partition_buffer))
         if full == self._paused:
             return
         if self._paused - full:
             consumer.resume([TopicPartition(t, p) for t, p in self._paused - full])
         if full - self._paused:
+            self.stats.pauses += len(full - self._paused)
             consumer.pause([TopicPartition(t, p) for t, p in full - self._paused])
         self._paused = full
 
@@ -560,41 +562,12 @@ class Engine:
                 store.close()
 
     def _restore(self, shards: list[int]) -> None:
-        """Replay each shard's changelog from its local checkpoint to the end (committed data only)."""
-        if not shards:
-            return
-        started = time.monotonic()
-        restorer = Consumer(
-            {
-                **kafka_config(self._settings),
-                "group.id": f"{self._settings.app_id}-restore",
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-                "isolation.level": "read_committed",
-                "auto.offset.reset": "earliest",
-            }
+        """Replay each shard's changelog from its local checkpoint to the end (committed data only): see `restore`."""
+        lifetimes = state_lifetimes(self._work.features, self._settings.dedup_retention_s * 1000)
+        stores = {shard: self._stores[shard] for shard in shards}
+        restore_shards(
+            kafka_config(self._settings), f"{self._settings.app_id}-restore", self._names.changelog, stores, lifetimes
         )
-        try:
-            restorer.assign(
-                [TopicPartition(self._names.changelog, s, _after(self._stores[s].checkpoint)) for s in shards]
-            )
-            pending, applied = set(shards), 0
-            while pending:
-                if time.monotonic() - started > RESTORE_TIMEOUT_S:
-                    raise TimeoutError(f"restoring shards {sorted(pending)} took over {RESTORE_TIMEOUT_S} s")
-                for msg in restorer.consume(1000, 1.0):
-                    err = msg.error()
-                    if err is not None and err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(msg.partition())
-                    elif err is not None:
-                        log.warning("restore: %s", err)
-                    else:
-                        record = _incoming(msg)
-                        self._stores[record.partition].apply(decode_changes(record.value or b"\x90"), record.offset)
-                        applied += 1
-        finally:
-            restorer.close()
-        log.info("restored shards %s from %d changelog records in %.1f s", shards, applied, time.monotonic() - started)
 
     # --- configuration ----------------------------------------------------------
 
@@ -721,10 +694,6 @@ class ChangelogDeliveries:
         if producer.flush(TXN_TIMEOUT_S) or sum(map(len, self._offsets.values())) != self._expected:
             raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "records of the transaction were not delivered"))
         return {shard: max(offsets) for shard, offsets in self._offsets.items()}
-
-
-def _after(checkpoint: int | None) -> int:
-    return OFFSET_BEGINNING if checkpoint is None else checkpoint + 1
 
 
 def _incoming(msg: Message) -> Incoming:

@@ -106,6 +106,11 @@ class ShardWork:
         self._last_expire: dict[int, float] = {}  # shard -> time.monotonic() of its last sweep
         self._expire_every_s = expire_every_s
 
+    @property
+    def features(self) -> EntityFeatures:
+        """The features counted here (a restore checks the changelog's retention against their lifetimes)."""
+        return self._features
+
     def handle(self, shard: int, item: ShardItem, now_ms: int, result: Result) -> None:
         if isinstance(item, DecideItem):
             self._decide(shard, item, now_ms, result)

@@ -127,12 +127,10 @@ class PartitionStore:
         opts = ReadOptions()
         opts.set_iterate_upper_bound(upper)
         found: list[tuple[bytes, bytes]] = []
-        scanned = 0
-        for key, value in self._db.items(from_key=lower, read_opt=opts):
+        for scanned, (key, value) in enumerate(self._db.items(from_key=lower, read_opt=opts)):
             assert isinstance(key, bytes) and isinstance(value, bytes)  # raw mode
             if scanned == limit:
                 return found, key
-            scanned += 1
             if key not in committing and key not in pending:
                 found.append((key, value))
         return found, None
@@ -185,3 +183,13 @@ class PartitionStore:
         if not self._closed:
             self._closed = True
             self._db.close()
+
+    def clear(self) -> None:
+        """Delete everything, the checkpoint included, as if new (when its changelog no longer reaches it)."""
+        self.pending, self.committing = {}, {}
+        last = next(iter(self._db.keys(backwards=True)), None)
+        if last is not None:
+            assert isinstance(last, bytes)  # raw mode
+            self._db.delete_range(b"", last)
+            self._db.delete(last)
+            self._db.compact_range(None, None)  # give the space back now: a wipe is rare, and may be of a lot
