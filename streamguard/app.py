@@ -21,6 +21,8 @@ from streamguard.privacy import Pseudonymizer
 from streamguard.rules.program import Program
 from streamguard.rules.spec import load_ruleset
 from streamguard.settings import Settings
+from streamguard.state.lock import lock_data_dir
+from streamguard.topics.identity import join_cluster
 from streamguard.topics.names import TopicNames
 from streamguard.topics.spec import load_specs
 from streamguard.verdicts import Detector
@@ -38,18 +40,24 @@ def worker_id(data_dir: Path) -> str:
 def create_app(settings: Settings) -> tuple[faust.App, EngineService]:
     """The Faust app and the engine service, to be started side by side by a `faust.Worker`.
 
+    Raises (and nothing has consumed yet) if another worker holds the data
+    directory, or if this one would route events otherwise than its cluster.
+
     The engine is a service of the worker, not of the app: app services start
     only once Faust's own consumer group has settled, which after a SIGKILL
     means waiting out the dead member's session; the engine has its own group.
     """
     data_dir = Path(settings.data_dir)
+    lock_data_dir(data_dir)  # first: the directory is this worker's identity (its transactional id)
     names = TopicNames.resolve(
         load_specs(settings.topic_prefix, settings.app_id), settings.topic_prefix, settings.app_id
     )
+    key = settings.require_hash_key()
+    join_cluster(settings, names, key)  # refuses a key or shard count the cluster does not route with
     specs = load_features(settings.allowed_lateness_ms)
     window.warm_up()  # compile (or load) the kernels now, not at the first event
     checks.warm_up()
-    pseudonymizer = Pseudonymizer(settings.require_hash_key())
+    pseudonymizer = Pseudonymizer(key)
     detector = Detector(Program(load_ruleset(specs), specs), pseudonymizer)
     features = EntityFeatures(specs, settings.allowed_lateness_ms)
     engine = Engine(settings, names, pseudonymizer, features, detector, worker_id(data_dir))

@@ -17,6 +17,16 @@ class ConfigError(StreamguardError):
     """A setting, topic or feature definition is wrong; fix it and restart."""
 
 
+class ClusterMismatch(ConfigError):
+    """This worker would route events differently from its cluster (another hash key or shard count)."""
+
+
+class DataDirInUse(StreamguardError):
+    """Another live process holds this worker's data directory (its identity); retry once it has exited."""
+
+    retriable = True
+
+
 class InvalidEvent(StreamguardError):
     """A message is not a valid event; it goes to the dead-letter topic.
 

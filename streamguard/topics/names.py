@@ -16,6 +16,7 @@ class TopicNames:
     deadletter: str
     shard_topic: str
     changelog: str
+    cluster: str  # the cluster's identity (see `topics.identity`)
     control_rules: str
     control_lists: str
     shards: int  # partitions of shard_topic, and of changelog
@@ -33,12 +34,16 @@ class TopicNames:
         shard_topic, changelog = need(internal + "shards"), need(internal + "state-changelog")
         if shard_topic.partitions != changelog.partitions:
             raise ConfigError("topics/internal.toml: shards and state-changelog must have the same partitions")
+        cluster = need(internal + "cluster")
+        if cluster.partitions != 1:
+            raise ConfigError("topics/internal.toml: cluster must have 1 partition (its first record is the identity)")
         return cls(
             inputs={t: need(f"{prefix}events.{t}").name for t in EVENT_TYPES},
             verdicts={t: need(f"{prefix}verdicts.{t}").name for t in EVENT_TYPES},
             deadletter=need(prefix + "deadletter").name,
             shard_topic=shard_topic.name,
             changelog=changelog.name,
+            cluster=cluster.name,
             control_rules=need(prefix + "control.rules").name,
             control_lists=need(prefix + "control.lists").name,
             shards=shard_topic.partitions,

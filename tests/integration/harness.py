@@ -6,8 +6,10 @@ directories, so tests never see each other's records.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streamguard.events import EVENT_TYPES
@@ -51,6 +54,103 @@ class Broker:
     def script(self, action: str) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "STREAMGUARD_KAFKA_PORT": str(self.port), "STREAMGUARD_KAFKA_HOME": str(self.home)}
         return subprocess.run([str(KAFKA_SH), action], env=env, text=True, capture_output=True, timeout=300)
+
+    def start(self) -> None:
+        """Start the broker (no-op if running) and wait until it is ready."""
+        _check(self.script("start"), "start")
+
+    def kill(self) -> None:
+        """SIGKILL the broker (kill -9 of its recorded PID): no controlled shutdown."""
+        _check(self.script("kill"), "kill")
+
+
+def _check(done: subprocess.CompletedProcess[str], what: str) -> subprocess.CompletedProcess[str]:
+    assert done.returncode == 0, f"kafka.sh {what} exited with {done.returncode}:\n{done.stderr}{done.stdout}"
+    return done
+
+
+def free_port_block(n: int) -> int:
+    """The first of `n` consecutive free ports on 127.0.0.1, below the kernel's ephemeral range."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 32000 - n)
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(base, base + n):
+                    stack.enter_context(socket.socket()).bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise AssertionError(f"no {n} consecutive free ports")
+
+
+@dataclass
+class Cluster:
+    """A local N-node KRaft cluster (kafka.sh with STREAMGUARD_KAFKA_NODES=N).
+
+    Node i (1..N) listens on `port + 2*(i-1)` and its controller on the port after that;
+    its data, log and PID file are in `home/node-i`.
+    """
+
+    home: Path
+    port: int  # node 1's client port; the cluster uses 2*nodes ports from here
+    nodes: int = 3
+    heap: str = "512m"
+
+    def node_port(self, node: int) -> int:
+        return self.port + 2 * (node - 1)
+
+    def node_bootstrap(self, node: int) -> str:
+        return f"127.0.0.1:{self.node_port(node)}"
+
+    @property
+    def bootstrap(self) -> str:
+        """Every node's address, comma-separated."""
+        return ",".join(self.node_bootstrap(i) for i in range(1, self.nodes + 1))
+
+    def node_home(self, node: int) -> Path:
+        return self.home / f"node-{node}"
+
+    def pid(self, node: int) -> int | None:
+        """The PID kafka.sh recorded for the node, if it is still recorded."""
+        try:
+            return int((self.node_home(node) / "broker.pid").read_text())
+        except FileNotFoundError:
+            return None
+
+    def script(self, action: str, *args: str | int) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "STREAMGUARD_KAFKA_NODES": str(self.nodes),
+            "STREAMGUARD_KAFKA_PORT": str(self.port),
+            "STREAMGUARD_KAFKA_HOME": str(self.home),
+            "STREAMGUARD_KAFKA_HEAP": self.heap,
+        }
+        env.pop("STREAMGUARD_KAFKA_CONTROLLER_PORT", None)  # controllers follow the client ports
+        command = [str(KAFKA_SH), action, *map(str, args)]
+        return subprocess.run(command, env=env, text=True, capture_output=True, timeout=300)
+
+    def start(self) -> None:
+        """Start every node that is not running and wait until all are ready."""
+        _check(self.script("start"), "start")
+
+    def stop(self) -> None:
+        _check(self.script("stop"), "stop")
+
+    def kill(self, node: int) -> None:
+        """SIGKILL (kill -9) one node by its recorded PID."""
+        _check(self.script("kill", node), f"kill {node}")
+
+    def start_node(self, node: int) -> None:
+        """Start one node and wait until it is ready (the others must hold the quorum)."""
+        _check(self.script("start-node", node), f"start-node {node}")
+
+    def stop_node(self, node: int) -> None:
+        """SIGTERM one node (a controlled shutdown) and wait until it is gone."""
+        _check(self.script("stop-node", node), f"stop-node {node}")
+
+    def running(self) -> bool:
+        return self.script("status").returncode == 0
 
 
 @dataclass
@@ -106,6 +206,7 @@ class Stack:
     readers: list[Reader] = field(default_factory=list)
 
     features: bool = False  # publish per-event feature values on "<prefix>features"
+    replication: int = 1  # of every topic it creates (3 on a three-broker cluster)
 
     def env(self) -> dict[str, str]:
         extra = {"STREAMGUARD_FEATURES_TOPIC": "features"} if self.features else {}
@@ -126,9 +227,11 @@ class Stack:
         specs = load_specs(settings.topic_prefix, settings.app_id)
         if self.features:
             specs.append(TopicSpec(name=self.topic("features"), partitions=6))
+        specs = [msgspec.structs.replace(spec, replication=self.replication) for spec in specs]
         return admin.create_missing(admin.admin_client(self.broker.bootstrap), specs)
 
-    def start_worker(self, name: str = "w1", wait: bool = True) -> Worker:
+    def start_worker(self, name: str = "w1", wait: bool = True, env: dict[str, str] | None = None) -> Worker:
+        """A worker with data in `workdir/name` and its log in `workdir/name.log`; `env` overrides the variables."""
         port = free_port()
         log = self.workdir / f"{name}.log"
         env = {
@@ -136,6 +239,7 @@ class Stack:
             **self.env(),
             "STREAMGUARD_WEB_PORT": str(port),
             "STREAMGUARD_DATA_DIR": str(self.workdir / name),
+            **(env or {}),
         }
         with log.open("ab") as out:  # the child keeps its own copy of the descriptor
             process = subprocess.Popen(

@@ -26,7 +26,7 @@ def test_create_is_idempotent(stack: Stack):
     result = _cli(stack, "create")
     assert result.returncode == 0, result.stderr
     assert "created" not in result.stdout
-    assert "15 topics match" in result.stdout
+    assert "16 topics match" in result.stdout
 
 
 def test_drift_is_reported_and_not_fixed(broker: Broker, tmp_path):
