@@ -5,7 +5,7 @@ VENV := .venv
 RUN := .run
 export STREAMGUARD_HASH_KEY ?= $(shell mkdir -p $(RUN) && { test -s $(RUN)/hash_key || $(PYTHON) -c 'import secrets; print(secrets.token_hex(32))' > $(RUN)/hash_key; } && cat $(RUN)/hash_key)
 
-.PHONY: up down demo test lint schemas bench worker status
+.PHONY: up down demo test faults lint schemas bench worker status
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ status:
 ## test: unit tests, then integration tests against a real broker the tests start themselves
 test: $(VENV)/.installed
 	$(VENV)/bin/pytest
+
+## faults: the whole fault matrix (tests/faults), long scenarios included, each checked by `streamguard verify` (under an hour)
+faults: $(VENV)/.installed
+	$(VENV)/bin/pytest tests/faults -m 'integration or long_fault' -v
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check streamguard tests

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
 from confluent_kafka import (
     TIMESTAMP_NOT_AVAILABLE,
@@ -31,6 +31,9 @@ from streamguard.verify.records import TP, Record
 
 TIMEOUT_S = 10.0  # for one broker request
 STALL_S = 60.0  # a read that gets nothing at all for this long gives up
+RETRIES = 10  # of a request the broker answered with a retriable error, a second apart
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -71,23 +74,36 @@ def offsets(admin: AdminClient, tps: Iterable[TP], spec: str, committed: bool = 
     request = {TopicPartition(t, p): which for t, p in tps}
     if not request:
         return {}
-    futures = admin.list_offsets(request, isolation_level=level, request_timeout=TIMEOUT_S)
-    return {(tp.topic, tp.partition): _result(f).offset for tp, f in futures.items()}
+
+    def ask() -> dict[TP, int]:
+        futures = admin.list_offsets(request, isolation_level=level, request_timeout=TIMEOUT_S)
+        return {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
+
+    return _retried(ask)
 
 
 def group_offsets(admin: AdminClient, group: str, tps: Iterable[TP]) -> dict[TP, int | None]:
     """The offsets `group` committed on `tps`; None where it committed nothing."""
     request = ConsumerGroupTopicPartitions(group, [TopicPartition(t, p) for t, p in tps])
-    (future,) = admin.list_consumer_group_offsets([request], request_timeout=TIMEOUT_S).values()
-    found = _result(future).topic_partitions
+
+    def ask() -> Any:
+        (future,) = admin.list_consumer_group_offsets([request], request_timeout=TIMEOUT_S).values()
+        return future.result().topic_partitions
+
+    found = _retried(ask)
     return {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None) for tp in found}
 
 
-def _result(future: Any) -> Any:
-    try:
-        return future.result()
-    except KafkaException as exc:
-        raise BrokerError(f"the broker refused a verifier request: {exc.args[0].str()}") from None
+def _retried(ask: Callable[[], T]) -> T:
+    """`ask()`, asked again for a while when the broker says a retry may help (just restarted, say)."""
+    for attempt in range(RETRIES + 1):
+        try:
+            return ask()
+        except KafkaException as exc:
+            if not exc.args[0].retriable() or attempt == RETRIES:
+                raise BrokerError(f"the broker refused a verifier request: {exc.args[0].str()}") from None
+            time.sleep(1.0)
+    raise AssertionError("unreachable")
 
 
 def read(bootstrap: str, starts: Mapping[TP, int | None]) -> Iterator[Record]:
