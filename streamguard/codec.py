@@ -44,6 +44,8 @@ def decode_event(raw: bytes | None, topic_type: str, now_ms: int) -> AnyEvent:
         raise InvalidEvent(ErrorCode.SCHEMA, str(exc)) from None
     except msgspec.DecodeError as exc:
         raise InvalidEvent(ErrorCode.INVALID_JSON, str(exc)) from None
+    except RecursionError:  # no event nests at all; msgspec gives up past about a thousand levels
+        raise InvalidEvent(ErrorCode.SCHEMA, "the JSON is nested too deeply for an event") from None
     if event_type(event) != topic_type:
         _mismatch(event_type(event), topic_type)
     _check_ts(event.ts, now_ms)
@@ -54,7 +56,7 @@ def decode_event(raw: bytes | None, topic_type: str, now_ms: int) -> AnyEvent:
 def _check_type(raw: bytes, topic_type: str) -> None:
     try:
         kind = _type_decoder.decode(raw).type
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, RecursionError):
         return
     if kind in EVENT_TYPES and kind != topic_type:
         _mismatch(str(kind), topic_type)
@@ -106,6 +108,9 @@ class DecideItem(msgspec.Struct, frozen=True, tag="d", array_like=True, gc=False
 
     digest: bytes  # keyed hash of the event_id
     event: AnyEvent
+    # Where it was read (the topic is its type's input topic): what a dead letter of the event names.
+    partition: int = -1
+    offset: int = -1
 
 
 class ApplyItem(msgspec.Struct, frozen=True, tag="a", array_like=True, gc=False):
@@ -120,12 +125,13 @@ class ApplyItem(msgspec.Struct, frozen=True, tag="a", array_like=True, gc=False)
 
 
 class MergeItem(msgspec.Struct, frozen=True, tag="m", array_like=True, gc=False):
-    """One entity's feature values for an event, back on the event's shard."""
+    """One entity's feature values for an event, back on the event's shard; or that counting it there failed."""
 
     digest: bytes
     entity: str
     values: dict[str, float]
     entity_digest: bytes = b""  # the entity's keyed hash, for verdict details and list lookups
+    failed: str = ""  # the exception (type and message) counting the event raised: it goes to the dead letters
 
 
 class ProgressItem(msgspec.Struct, frozen=True, tag="p", array_like=True, gc=False):

@@ -15,7 +15,9 @@ from msgspec import Meta, Struct
 
 Id = Annotated[str, Meta(min_length=1, max_length=128)]
 Phone = Annotated[str, Meta(pattern=r"^\+[1-9][0-9]{4,14}$")]
-Minor = Annotated[int, Meta(ge=0)]
+# Minor units up to 2**63 - 1: what a 64-bit integer holds, in every consumer and in the internal records
+# (msgpack); larger ones made ratios overflow a float and could not travel between workers.
+Minor = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}$")]
 Text = Annotated[str, Meta(max_length=256)]
 
@@ -128,13 +130,15 @@ class Verdict(Struct, frozen=True, kw_only=True, gc=False):
 
 
 class DeadLetterHeader:
-    """Names of the headers every dead-letter record carries."""
+    """Names of the headers every dead-letter record carries (the `TRUNCATED` ones only when they apply)."""
 
     ERROR: Final = "sg-error"
     DETAIL: Final = "sg-error-detail"
     SOURCE_TOPIC: Final = "sg-source-topic"
     SOURCE_PARTITION: Final = "sg-source-partition"
     SOURCE_OFFSET: Final = "sg-source-offset"
+    TRUNCATED: Final = "sg-truncated"  # the original value's length, when only its first bytes are kept
+    TRUNCATED_KEY: Final = "sg-truncated-key"  # the original key's length, likewise
 
 
 class ErrorCode:
@@ -145,3 +149,6 @@ class ErrorCode:
     TYPE_MISMATCH: Final = "type_mismatch"
     TOO_LARGE: Final = "too_large"
     TS_OUT_OF_RANGE: Final = "ts_out_of_range"
+    # Processing a message raised (a defect here, not the sender's fault). From the ingest, the dead letter holds
+    # the original record; from a valid event's shard, the event as validated (JSON), standing in for its verdict.
+    PROCESSING_ERROR: Final = "processing_error"

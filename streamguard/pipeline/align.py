@@ -56,7 +56,7 @@ def event_ts(value: bytes | None, now_ms: int) -> int:
         return -1
     try:
         ts = _ts_decoder.decode(value).ts
-    except (msgspec.MsgspecError, OverflowError):
+    except (msgspec.MsgspecError, OverflowError, RecursionError):  # deep nesting: the codec dead-letters it
         return -1
     return ts if ts <= now_ms + MAX_FUTURE_MS else -1  # a far-future ts would hold its partition back
 

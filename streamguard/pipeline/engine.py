@@ -36,6 +36,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from rocksdict import Cache
 
 from streamguard.codec import MAX_RECORD_BYTES, MergeItem, ProgressItem, RecordItem, ShardItem, decode_shard
+from streamguard.events import ErrorCode
 from streamguard.features.table import EntityFeatures
 from streamguard.pipeline.align import Aligner
 from streamguard.pipeline.ingest import Ingest, error_code
@@ -80,6 +81,7 @@ class EngineStats:
     shards: list[int] = field(default_factory=list)
     last_commit_ms: float = 0.0
     pauses: int = 0  # input partitions paused for holding over `partition_buffer` records
+    processing_errors: int = 0  # records and work items whose processing raised (their events were dead-lettered)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +94,7 @@ class EngineStats:
             "shards": sorted(self.shards),
             "last_commit_ms": round(self.last_commit_ms, 2),
             "pauses": self.pauses,
+            "processing_errors": self.processing_errors,
         }
 
 
@@ -104,6 +107,7 @@ class Processed:
     outs: list[Outgoing] = field(default_factory=list)
     touched: set[int] = field(default_factory=set)  # the shards whose state they changed
     duplicates: int = 0
+    processing_errors: int = 0
 
 
 @dataclass
@@ -345,6 +349,7 @@ class Engine:
             else:
                 inputs.append(record)
         outs, routed = self._ingest.process(inputs, now_ms)
+        ingest_errors = sum(1 for dead in outs if error_code(dead) == ErrorCode.PROCESSING_ERROR)
         wave.extend((shard, item) for shard, items in routed.items() for item in items)
         remote: dict[int, list[RecordItem]] = defaultdict(list)
         touched: set[int] = set()
@@ -371,11 +376,12 @@ class Engine:
         processed.outs += outs
         processed.touched |= touched
         processed.duplicates += result.duplicates
+        processed.processing_errors += result.processing_errors + ingest_errors
 
     def _send(self, producer: Producer, outs: list[Outgoing], changes: Changeset) -> ChangelogDeliveries:
         """Produce everything; what to wait on for the changelog offset each shard's changes land at."""
         for out in outs:
-            _produce(producer, out.topic, out.value, out.key, out.partition, out.headers)
+            _produce(producer, out.topic, out.value, out.key, out.partition, out.headers, _log_undelivered)
         changelog = ChangelogDeliveries()
         for shard, shard_changes in changes.items():
             for record in encode_changes(shard_changes, MAX_RECORD_BYTES):
@@ -406,6 +412,7 @@ class Engine:
     def _count(self, processed: Processed) -> None:
         self.stats.events_in += sum(1 for record in processed.records if record.topic != self._names.shard_topic)
         self.stats.duplicates += processed.duplicates
+        self.stats.processing_errors += processed.processing_errors
         verdict_type = {topic: kind for kind, topic in self._names.verdicts.items()}
         for out in processed.outs:
             if out.topic == self._names.deadletter:
@@ -667,6 +674,13 @@ def _produce(
             producer.poll(0.05)  # the local queue is full: let deliveries drain
 
 
+def _log_undelivered(err: KafkaError | None, msg: Message) -> None:
+    """The delivery callback of every record: one the broker refused (too large...) aborts its transaction."""
+    if err is not None:
+        log.error("a record for %s [%s] was not delivered: %s (%s)", msg.topic(), msg.partition(), err.name(),
+                  err.str())  # fmt: skip
+
+
 class ChangelogDeliveries:
     """The changelog records of a transaction, and the offsets they were written at."""
 
@@ -682,6 +696,8 @@ class ChangelogDeliveries:
             offset = msg.offset()
             if err is None and offset is not None:
                 self._offsets[shard].append(offset)
+            elif err is not None:
+                _log_undelivered(err, msg)
 
         return on_delivery
 

@@ -14,6 +14,10 @@ hashes to it, and their state. For an event, three kinds of work follow:
 3. `MergeItem`, on the event's shard: collect the values; once every entity
    has answered, publish the verdict.
 
+Work that raises does not stop the stream (see `ShardWork.handle`): what it
+did is dropped from the result and the event goes to the dead letters
+(`processing_error`) instead of getting a verdict; the rest goes on.
+
 Nothing here knows Kafka: the engine moves items between shards, locally
 when it owns the target shard, through the shards topic otherwise.
 """
@@ -28,8 +32,9 @@ import msgspec
 import orjson
 
 from streamguard.codec import ApplyItem, DecideItem, MergeItem, ShardItem, encode_verdict, event_type, shard_of
-from streamguard.events import AnyEvent, DeviceEvent
+from streamguard.events import AnyEvent, DeviceEvent, ErrorCode
 from streamguard.features.table import EntityFeatures, WindowCache
+from streamguard.pipeline.failures import dead_letter_headers, describe, log_failure
 from streamguard.pipeline.records import Outgoing
 from streamguard.privacy import Pseudonymizer
 from streamguard.state import keys
@@ -52,10 +57,14 @@ class Pending(msgspec.Struct, array_like=True, gc=False):
     values: dict[str, float] = {}
     received: list[str] = []
     entities: dict[str, bytes] = {}  # entity id -> keyed hash, as they answer
+    partition: int = -1  # where the event was read, for its dead letter (`DecideItem`)
+    offset: int = -1
+    failed: str = ""  # what an entity's shard said went wrong counting it: the event goes to the dead letters
 
 
 _pending_encoder = msgspec.msgpack.Encoder()
 _pending_decoder = msgspec.msgpack.Decoder(Pending)
+_event_encoder = msgspec.json.Encoder()
 
 
 @dataclass
@@ -69,11 +78,12 @@ class _Waiting:
 
 @dataclass
 class Result:
-    """What handling items produced: more items, records to publish, duplicates dropped."""
+    """What handling items produced: more items, records to publish, duplicates dropped, items that raised."""
 
     items: list[ShardItem] = field(default_factory=list)
     outs: list[Outgoing] = field(default_factory=list)
     duplicates: int = 0
+    processing_errors: int = 0
 
 
 class ShardWork:
@@ -112,12 +122,20 @@ class ShardWork:
         return self._features
 
     def handle(self, shard: int, item: ShardItem, now_ms: int, result: Result) -> None:
-        if isinstance(item, DecideItem):
-            self._decide(shard, item, now_ms, result)
-        elif isinstance(item, ApplyItem):
-            self._apply(shard, item, result)
-        else:
-            self._merge(shard, item, now_ms, result)
+        """Do an item's work into `result`; if it raises, its event goes to the dead letters instead (`_failed`)."""
+        items, outs = len(result.items), len(result.outs)
+        try:
+            if isinstance(item, DecideItem):
+                self._decide(shard, item, now_ms, result)
+            elif isinstance(item, ApplyItem):
+                self._apply(shard, item, result)
+            else:
+                self._merge(shard, item, now_ms, result)
+        except MemoryError:
+            raise
+        except Exception as exc:  # a defect, met by this event: the others go on
+            del result.items[items:], result.outs[outs:]
+            self._failed(shard, item, exc, result)
 
     def flush(self) -> None:
         """Write what this transaction changed into the stores' pending writes (before taking the changes)."""
@@ -178,11 +196,12 @@ class ShardWork:
         if not expected:
             self._publish(event, {}, {}, now_ms, result)
             return
-        self._waiting[keys.pending(item.digest)] = _Waiting(self._store_of(shard), Pending(event, expected), False)
         for eid, entity_digest in entities.items():
             result.items.append(
                 ApplyItem(item.digest, eid, entity_digest, event, reported, resolve and eid == "device_id")
             )
+        pending = Pending(event, expected, partition=item.partition, offset=item.offset)
+        self._waiting[keys.pending(item.digest)] = _Waiting(self._store_of(shard), pending, False)
 
     def _apply(self, shard: int, item: ApplyItem, result: Result) -> None:
         store = self._store_of(shard)
@@ -223,9 +242,74 @@ class ShardWork:
         pending.received.append(item.entity)
         if item.entity_digest:
             pending.entities[item.entity] = item.entity_digest
+        if item.failed and not pending.failed:
+            pending.failed = item.failed
         if len(pending.received) >= len(pending.expected) and set(pending.received) >= set(pending.expected):
             waiting.pending = None
-            self._publish(pending.event, pending.values, pending.entities, now_ms, result)
+            self._conclude(pending, now_ms, result)
+
+    # --- when work raises -----------------------------------------------------------
+
+    def _failed(self, shard: int, item: ShardItem, exc: Exception, result: Result) -> None:
+        """Stand in for the work of an item that raised (and whose results were dropped).
+
+        An event that raised while being decided gets its dead letter, and its id
+        stays decided, so a re-sent copy gets nothing. An entity's shard
+        answers the event's shard that counting it failed (for the fingerprint
+        too, when it was to go on to it), so the event does not wait for ever
+        and gets a dead letter there; windows it was counted in before the
+        exception keep it. A merge that raised sends its event, if it is known,
+        to the dead letters.
+        """
+        if isinstance(item, DecideItem):
+            detail = self._report("deciding an event", exc, result)
+            self._recent_of(shard).add(item.digest, item.event.ts)  # it is already, unless that is what raised
+            result.outs.append(self._dead_letter(item.event, item.partition, item.offset, detail))
+        elif isinstance(item, ApplyItem):
+            detail = self._report(f"counting an event per {item.entity}", exc, result)
+            result.items.append(MergeItem(item.digest, item.entity, {}, item.entity_digest, detail))
+            if item.resolve_fingerprint:
+                result.items.append(MergeItem(item.digest, "fingerprint", {}, b"", detail))
+        else:
+            detail = self._report("merging an entity's values", exc, result)
+            waiting = self._waiting.get(keys.pending(item.digest))
+            if waiting is not None and waiting.pending is not None:
+                pending, waiting.pending = waiting.pending, None
+                result.outs.append(self._dead_letter(pending.event, pending.partition, pending.offset, detail))
+
+    def _conclude(self, pending: Pending, now_ms: int, result: Result) -> None:
+        """The verdict of an event every entity answered for; its dead letter if one failed, or deciding raises."""
+        failed = pending.failed
+        if not failed:
+            outs = len(result.outs)
+            try:
+                self._publish(pending.event, pending.values, pending.entities, now_ms, result)
+                return
+            except MemoryError:
+                raise
+            except Exception as exc:
+                del result.outs[outs:]
+                failed = self._report("deciding an event", exc, result)
+        result.outs.append(self._dead_letter(pending.event, pending.partition, pending.offset, failed))
+
+    def _report(self, what: str, exc: Exception, result: Result) -> str:
+        """Log and count a failure; its detail for the dead letter."""
+        log_failure(what, exc)
+        result.processing_errors += 1
+        return describe(exc)
+
+    def _dead_letter(self, event: AnyEvent, partition: int, offset: int, detail: str) -> Outgoing:
+        """The dead letter of a valid event that could not be decided: it stands in for the event's verdict.
+
+        The original bytes stayed with the ingest, possibly on another worker:
+        the value is the event as validated, as JSON (fields it did not know
+        are gone), keyed by its `event_id`. `sg-source-*` name the input record
+        it was read from (-1 for partition and offset when the item did not say).
+        """
+        topic = self._names.inputs[event_type(event)]
+        headers = dead_letter_headers(ErrorCode.PROCESSING_ERROR, detail, topic, partition, offset)
+        value, key = _event_encoder.encode(event), event.event_id.encode()
+        return Outgoing(self._names.deadletter, value, key=key, headers=headers)
 
     # --- helpers -------------------------------------------------------------------
 

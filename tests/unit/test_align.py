@@ -183,3 +183,7 @@ def test_a_lagging_partition_that_gave_nothing_yet_makes_the_low_watermark_unkno
     aligner.assign([("events.login", 0), ("events.device", 0)])
     aligner.add([_record("events.login", 0, 0, NOW - 10_000)])
     assert aligner.low_watermark() is None
+
+
+def test_json_nested_too_deeply_has_no_ts_and_does_not_crash_the_merge():
+    assert event_ts(b'{"ts": 5, "pad": ' + b"[" * 5000 + b"]" * 5000 + b"}", NOW) == -1

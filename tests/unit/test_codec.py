@@ -78,6 +78,10 @@ def test_a_type_of_another_topic_is_a_mismatch():
     ("kind", "changes", "path"),
     [
         ("transaction", {"amount": -100}, "$.amount"),
+        # Over 64 bits: the ratio to list_amount overflowed a float, and msgpack cannot carry them between workers.
+        ("transaction", {"amount": 10**400, "list_amount": 1}, "$.amount"),
+        ("transaction", {"amount": 2**63}, "$.amount"),
+        ("transaction", {"list_amount": 2**64}, "$.list_amount"),
         ("transaction", {"currency": "yuan"}, "$.currency"),
         ("transaction", {"amount": ...}, "amount"),
         ("sms", {"phone": "13800138000"}, "$.phone"),
@@ -98,3 +102,15 @@ def test_per_type_constraints(kind, changes, path):
 def test_a_future_within_five_minutes_is_fine():
     raw = _login(ts=NOW_MS + 4 * 60_000)
     assert decode_event(raw, "login", NOW_MS).ts == NOW_MS + 4 * 60_000
+
+
+def test_amounts_up_to_64_bits_are_valid():
+    raw = json.dumps({**valid_events()["transaction"], "amount": 2**63 - 1, "list_amount": 2**63 - 1}).encode()
+    assert decode_event(raw, "transaction", NOW_MS).amount == 2**63 - 1
+
+
+def test_json_nested_too_deeply_is_a_schema_error_not_a_crash():
+    raw = b'{"event_id": "x", "pad": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    with pytest.raises(InvalidEvent) as caught:
+        decode_event(raw, "login", NOW_MS)
+    assert caught.value.code == "schema"

@@ -1,7 +1,8 @@
 import json
 
-from streamguard.codec import decode_shard
-from streamguard.pipeline.ingest import Ingest
+from streamguard.codec import DecideItem, MergeItem, decode_shard
+from streamguard.pipeline import ingest
+from streamguard.pipeline.ingest import MAX_DEADLETTER_BYTES, Ingest
 from streamguard.pipeline.records import Incoming
 from streamguard.privacy import Pseudonymizer
 from streamguard.topics.names import TopicNames
@@ -67,3 +68,84 @@ def test_the_shard_depends_on_the_event_id_only():
     moved = {**event, "ip": "10.9.9.9"}
     _, second = INGEST.process([Incoming(NAMES.inputs["login"], 5, 1, None, json.dumps(moved).encode())], NOW_MS)
     assert list(first) == list(second)
+
+
+def test_a_record_whose_processing_raises_is_dead_lettered_as_it_came_and_the_others_go_on(monkeypatch, caplog):
+    decode = ingest.decode_event
+
+    def failing(raw, kind, now_ms):
+        if b"boom" in (raw or b""):
+            raise KeyError(f"no such thing as {raw!r}")
+        return decode(raw, kind, now_ms)
+
+    monkeypatch.setattr(ingest, "decode_event", failing)
+    event = valid_events()["login"]
+    poison = json.dumps({**event, "event_id": "boom"}).encode()
+    batch = [_incoming("login", json.dumps({**event, "event_id": f"ok-{i}"}).encode(), offset=i) for i in range(3)]
+    batch.insert(1, _incoming("login", poison, offset=10, key=b"poison-key"))
+    (dead,), shards = INGEST.process(batch, NOW_MS)
+    assert dead.value == poison and dead.key == b"poison-key"
+    headers = dict(dead.headers or [])
+    assert headers["sg-error"] == b"processing_error"
+    assert headers["sg-error-detail"].startswith(b"KeyError: ")
+    assert (headers["sg-source-topic"], headers["sg-source-partition"], headers["sg-source-offset"]) == (
+        b"events.login",
+        b"3",
+        b"10",
+    )
+    assert sorted(item.event.event_id for items in shards.values() for item in items) == ["ok-0", "ok-1", "ok-2"]
+    assert "boom" not in caplog.text and "KeyError" in caplog.text
+
+
+def test_a_valid_event_carries_where_it_was_read_to_its_shard():
+    raw = json.dumps(valid_events()["sms"]).encode()
+    _, shards = INGEST.process([_incoming("sms", raw, offset=1234)], NOW_MS)
+    ((shard, (item,)),) = shards.items()
+    (record,) = INGEST.shard_records(shard, [item])
+    (decoded,) = decode_shard(record.value or b"")
+    assert isinstance(decoded, DecideItem)
+    assert (decoded.partition, decoded.offset) == (3, 1234)
+
+
+def test_a_failed_answer_travels_between_workers():
+    answer = MergeItem(b"d" * 12, "ip", {}, b"e" * 12, "RuntimeError: boom")
+    (record,) = INGEST.shard_records(0, [answer])
+    assert decode_shard(record.value or b"") == [answer]
+
+
+def test_an_amount_over_64_bits_is_a_schema_dead_letter_not_a_crash():
+    """Such an amount made deciding raise (paid_share overflowed a float) and could not travel between workers."""
+    tx = valid_events()["transaction"]
+    raw = json.dumps({**tx, "amount": 10**400, "list_amount": 1}).encode()
+    (dead,), shards = INGEST.process(
+        [_incoming("transaction", raw), _incoming("transaction", json.dumps(tx).encode())], NOW_MS
+    )
+    assert (
+        dict(dead.headers or [])["sg-error"] == b"schema" and b"$.amount" in dict(dead.headers or [])["sg-error-detail"]
+    )
+    assert sum(map(len, shards.values())) == 1
+
+
+def test_a_dead_letter_over_the_cap_keeps_its_first_bytes_and_says_how_long_it_was():
+    key = b"k" * 100
+    huge = b"{" + b"x" * (MAX_DEADLETTER_BYTES + 5_000)
+    (dead,), _ = INGEST.process([_incoming("login", huge, key=key)], NOW_MS)
+    headers = dict(dead.headers or [])
+    assert headers["sg-error"] == b"too_large"
+    assert headers["sg-truncated"] == str(len(huge)).encode()
+    assert dead.key == key and dead.value == huge[: MAX_DEADLETTER_BYTES - len(key)]
+    assert "sg-truncated-key" not in headers
+
+
+def test_a_dead_letter_under_the_cap_is_whole():
+    value = b"x" * (MAX_DEADLETTER_BYTES - 2)
+    (dead,), _ = INGEST.process([_incoming("login", value, key=b"k1")], NOW_MS)
+    assert dead.value == value and "sg-truncated" not in dict(dead.headers or [])
+
+
+def test_a_key_over_the_cap_is_cut_too():
+    key = b"k" * (MAX_DEADLETTER_BYTES + 1)
+    (dead,), _ = INGEST.process([_incoming("login", b"{oops", key=key)], NOW_MS)
+    headers = dict(dead.headers or [])
+    assert dead.key == key[:MAX_DEADLETTER_BYTES] and dead.value == b""
+    assert headers["sg-truncated-key"] == str(len(key)).encode() and headers["sg-truncated"] == b"5"
