@@ -20,6 +20,7 @@ from typing import Literal
 from streamguard.codec import decode_event
 from streamguard.errors import InvalidEvent
 from streamguard.events import DeadLetterHeader as H
+from streamguard.events import ErrorCode
 from streamguard.verify.records import Record, Source, where
 from streamguard.verify.report import Check
 
@@ -82,6 +83,10 @@ def check_verdicts(
         if item.event_id is not None and (item.kind == "valid" or not dead.get(item.record.source)):
             types[item.event_id].add(item.event_type)
     seen: Counter[str] = Counter()
+    for item in inputs:  # a valid event whose processing raised has a dead letter in place of its verdict
+        standing = sum(map(stands_for_verdict, dead.get(item.record.source, [])))
+        if item.event_id is not None and item.kind != "invalid" and standing:
+            seen[item.event_id] += standing
     unreadable, misplaced = [], []
     for verdict in verdicts:
         event_id = _verdict_id(verdict)
@@ -96,7 +101,7 @@ def check_verdicts(
         "valid records": valid,
         "distinct valid ids": len(types),
         "either": sum(1 for item in inputs if item.kind == "either"),
-        "verdicts": sum(seen.values()) + len(unreadable),
+        "verdicts and processing_error dead letters": sum(seen.values()) + len(unreadable),
     }
     problems = {
         "missing": [i for i in types if i not in seen],
@@ -123,13 +128,13 @@ def check_deadletters(inputs: list[Classified], dead: Mapping[Source, list[Recor
     for item in inputs:
         got = dead.get(item.record.source, [])
         name = where(item.record.source)
-        if item.kind == "valid" and got:
+        if item.kind == "valid" and not all(map(stands_for_verdict, got)):
             unexpected.append(name)
         elif item.kind == "invalid" and not got:
             missing.append(name)
         elif len(got) > 1:
             repeated.append(name)
-        if item.kind != "valid" and any(not _same_evidence(item.record, letter) for letter in got):
+        if any(not stands_for_verdict(letter) and not _same_evidence(item.record, letter) for letter in got):
             altered.append(name)
     unexpected += [where(source) for source in dead if source not in by_source]
     counts = {
@@ -148,6 +153,23 @@ def check_deadletters(inputs: list[Classified], dead: Mapping[Source, list[Recor
     return Check.of("V2", "one dead letter per invalid message, key and bytes unchanged", counts, problems)
 
 
+def stands_for_verdict(letter: Record) -> bool:
+    """A `processing_error` dead letter: processing a valid event raised; it holds the event as validated."""
+    return letter.header(H.ERROR) == ErrorCode.PROCESSING_ERROR
+
+
 def _same_evidence(original: Record, letter: Record) -> bool:
-    """Key and value equal; an empty value and none (a tombstone) are the same to a Kafka client."""
-    return (original.key or b"") == (letter.key or b"") and (original.value or b"") == (letter.value or b"")
+    """Key and value equal, or their start where `sg-truncated(-key)` gives the original length.
+
+    An empty value and none (a tombstone) are the same to a Kafka client.
+    """
+    return _kept(original.key, letter.key, letter.header(H.TRUNCATED_KEY)) and _kept(
+        original.value, letter.value, letter.header(H.TRUNCATED)
+    )
+
+
+def _kept(original: bytes | None, kept: bytes | None, truncated_from: str | None) -> bool:
+    original, kept = original or b"", kept or b""
+    if truncated_from is None:
+        return original == kept
+    return truncated_from == str(len(original)) and original.startswith(kept)

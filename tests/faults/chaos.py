@@ -126,28 +126,28 @@ def alive(stack: Stack) -> list[Worker]:
 
 
 def settle_and_verify(stack: Stack, timeout: float = 240.0) -> Report:
-    """Wait until the workers have decided everything (V1-V4 pass), stop them, then verify everything.
-
-    A worker that died on its own is a failure (the harness restarts only what
-    a scenario stops).
-    """
-    settings = load(stack.env())
-    deadline = time.monotonic() + timeout
-    report = verify(settings)
-    while not report.passed and time.monotonic() < deadline:
-        for worker in stack.workers:
-            if worker.process.poll() not in (None, -9, -15, 0):
-                raise AssertionError(
-                    f"a worker died with {worker.process.returncode}:\n{worker.log.read_text()[-3000:]}"
-                )
-        time.sleep(3.0)
-        try:
-            report = verify(settings)
-        except BrokerError as exc:  # a broker just restarted: ask again
-            print("verify, waiting:", exc)
+    """Wait until the workers have decided everything, stop them, then verify everything (state included)."""
+    wait_decided(stack, timeout)
     for worker in alive(stack):
         assert worker.terminate(120) == 0, "a worker did not stop cleanly"
-    return verify(settings, data_dirs=data_dirs(stack))
+    return verify(load(stack.env()), data_dirs=data_dirs(stack))
+
+
+def wait_decided(stack: Stack, timeout: float = 240.0) -> None:
+    """Until V1-V4 pass (or `timeout`): every input decided and committed. A worker that died on its own fails."""
+    settings = load(stack.env())
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for worker in stack.workers:
+            if worker.process.poll() not in (None, -9, -15, 0):
+                tail = worker.log.read_text()[-3000:]
+                raise AssertionError(f"a worker died with {worker.process.returncode}:\n{tail}")
+        try:
+            if verify(settings).passed:
+                return
+        except BrokerError as exc:  # a broker just restarted: ask again
+            print("verify, waiting:", exc)
+        time.sleep(3.0)
 
 
 def data_dirs(stack: Stack) -> list[Path]:
@@ -179,7 +179,7 @@ def assert_counted_once(stack: Stack, probes: list[TransactionEvent]) -> None:
     A duplicate counted twice anywhere shows as a value above brute force's.
     """
     stack.produce(("events.transaction", None, msgspec.json.encode(p)) for p in probes)
-    settle_and_verify(stack)
+    assert_exactly_once(settle_and_verify(stack))
     settings = load(stack.env())
     specs = [s for s in load_features(settings.allowed_lateness_ms) if s.entity in PROBE_READS]
     check = check_probe_features(settings, [p.event_id for p in probes], specs)

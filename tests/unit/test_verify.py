@@ -283,3 +283,36 @@ def test_the_verify_command_exits_1_on_a_failed_check_and_prints_one_line_on_a_b
     monkeypatch.setattr(verify_module, "verify", unreachable)
     assert cli.main(["verify", "--bootstrap", "127.0.0.1:1"]) == 1
     assert capsys.readouterr().err == "streamguard: cannot reach the Kafka broker at 127.0.0.1:1\n"
+
+
+def _letter(original: Record, code: str, value: bytes | None, extra: tuple = ()) -> Record:
+    headers = (
+        ("sg-error", code.encode()),
+        ("sg-source-topic", original.topic.encode()),
+        ("sg-source-partition", str(original.partition).encode()),
+        ("sg-source-offset", str(original.offset).encode()),
+        *extra,
+    )
+    return Record("p-deadletter", 0, 0, original.key, value, NOW, headers)
+
+
+def test_a_processing_error_dead_letter_stands_for_the_verdict_of_its_valid_event():
+    topic = Topic(LOGIN)
+    original = topic.add(login("boom"))
+    letter = _letter(original, "processing_error", b'{"event_id": "boom"}')
+    inputs = classify(topic.records, TYPE_OF, NOW)
+    dead, unnamed = dead_letter_sources([letter])
+    assert check_verdicts(inputs, [], dead, VERDICT_TYPE).passed
+    assert check_deadletters(inputs, dead, unnamed).passed
+    assert not check_verdicts(inputs, [verdict_for("boom")], dead, VERDICT_TYPE).passed  # and not both
+
+
+def test_a_truncated_dead_letter_keeps_the_start_and_says_the_length():
+    topic = Topic(LOGIN)
+    original = topic.add(b"{not json" + b"x" * 100)
+    length = (("sg-truncated", str(len(original.value)).encode()),)
+    inputs = classify(topic.records, TYPE_OF, NOW)
+    kept = _letter(original, "invalid_json", original.value[:20], length)
+    wrong = _letter(original, "invalid_json", b"x" * 20, length)
+    assert check_deadletters(inputs, *dead_letter_sources([kept])).passed
+    assert not check_deadletters(inputs, *dead_letter_sources([wrong])).passed
