@@ -46,3 +46,12 @@ def stack(broker: Broker, tmp_path: Path) -> Iterator[Stack]:
     stack.create_topics()
     yield stack
     stack.stop()
+
+
+@pytest.fixture
+def feature_stack(broker: Broker, tmp_path: Path) -> Iterator[Stack]:
+    """A stack whose workers publish every decided event's feature values on "<prefix>features"."""
+    stack = Stack(broker, tmp_path, features=True)
+    stack.create_topics()
+    yield stack
+    stack.stop()

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import msgspec
 import pytest
 
 from streamguard.events import DeviceEvent, LoginEvent, SmsEvent, TransactionEvent
 from streamguard.features.spec import load_features
-from tests.integration.harness import Broker, Stack
+from tests.integration.harness import Stack
 from tests.naive import naive_feature
 
 pytestmark = pytest.mark.integration
@@ -27,14 +25,6 @@ pytestmark = pytest.mark.integration
 HOURS_MS = 3 * 3_600_000
 LATENESS_MS = 300_000
 PROBE_READS = ("ip", "ip_network", "device_id", "fingerprint", "account_id", "global")
-
-
-@pytest.fixture
-def feature_stack(broker: Broker, tmp_path: Path) -> Iterator[Stack]:
-    stack = Stack(broker, tmp_path, features=True)
-    stack.create_topics()
-    yield stack
-    stack.stop()
 
 
 History = tuple[list, list, dict[str, str], list]

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
@@ -14,21 +12,13 @@ from confluent_kafka import Producer
 from streamguard.features.spec import load_features
 from streamguard.settings import load
 from streamguard.verify import verify
-from tests.integration.harness import Broker, Stack, make_events
+from tests.integration.harness import Stack, make_events
 from tests.integration.test_worker import BAD
 from tests.verify_features import check_probe_features
 
 pytestmark = pytest.mark.integration
 
 PROBE_READS = ("ip", "ip_network", "device_id", "account_id")  # what the probes have; the edge event has none of it
-
-
-@pytest.fixture
-def feature_stack(broker: Broker, tmp_path: Path) -> Iterator[Stack]:
-    stack = Stack(broker, tmp_path, features=True)
-    stack.create_topics()
-    yield stack
-    stack.stop()
 
 
 def _edge_event() -> bytes:
