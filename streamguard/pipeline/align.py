@@ -226,24 +226,17 @@ class Aligner:
         """Nothing buffered and nothing more at the broker: this worker holds no one back."""
         return not len(self) and not any(self._lagging(p) for p in self._partitions)
 
-    def low_watermark(self) -> int | None:
-        """The oldest event time this worker may still release (in order); None if nothing is known yet.
+    def read_to(self) -> int:
+        """How far in event time this worker has read, for its peers to keep within a span of (0: nothing yet).
 
-        It is what other workers wait for, so it must count what is held here:
-        a record held at a time far ahead of the rest (a clock ahead, a
-        replay's last event) holds this worker at that time, not at the time
-        it released last. Two workers each holding such a record then each
-        let the other go on, where "how far I released" would make them wait
-        for each other for ever.
+        The newest time released, or, when everything it holds is newer than
+        that, the oldest time it holds: a record held far ahead of the rest (a
+        client clock ahead, a replay's last event) holds its worker at that
+        time, and two workers each holding one would otherwise each wait for
+        ever for the other to read further.
         """
-        times = [q.head_ts() for q in self._queues.values() if q and q.head_ts() >= 0]  # -1 goes at once
-        for p in self._partitions:
-            queue = self._queues.get(p)
-            if not queue and self._lagging(p):  # its next records are no older than its last
-                if queue is None or queue.last_ts < 0:
-                    return None  # it gave nothing yet
-                times.append(queue.last_ts)
-        return min(times, default=None)
+        held = [q.head_ts() for q in self._queues.values() if q and q.head_ts() >= 0]  # -1 goes at once
+        return max(self.released_ts, min(held, default=0))
 
     def full(self, limit: int) -> list[Partition]:
         """The partitions with over `limit` records buffered: the consumer pauses them, so others get fetched."""

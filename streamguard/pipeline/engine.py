@@ -150,7 +150,7 @@ class Engine:
         self._start_offsets: dict[tuple[str, int], int] = {}  # where each input partition was taken up
         self._paused: set[tuple[str, int]] = set()
         self._shard_offsets: dict[int, int] = {}  # owned shard -> the offset of its partition committed last
-        self._peers: dict[str, tuple[int, float]] = {}  # worker -> (oldest event time it may release, when heard)
+        self._peers: dict[str, tuple[int, float]] = {}  # worker -> (event time it has read to, when heard)
         self._told: tuple[int, float] = (-1, 0.0)  # the progress this worker last told its peers, and when
         features_topic = settings.topic(settings.features_topic) if settings.features_topic else None
         self._work = ShardWork(
@@ -460,7 +460,7 @@ class Engine:
             self._drain(consumer, self._producer)
 
     def _tell_progress(self, remote: dict[int, list[RecordItem]]) -> None:
-        """Tell every other shard's owner the oldest event time this worker may still release.
+        """Tell every other shard's owner how far in event time this worker has read (`Aligner.read_to`).
 
         Only when it changed, or a while after the last time while it holds
         peers back (they stop waiting for a worker they have not heard from,
@@ -468,11 +468,10 @@ class Engine:
         answered every record of a peer's progress with its own kept two idle
         workers committing dozens of transactions a second.
         """
-        progress = CAUGHT_UP if self._aligner.caught_up() else self._aligner.low_watermark()
+        progress = CAUGHT_UP if self._aligner.caught_up() else self._aligner.read_to()
         now = time.monotonic()
-        if progress is None or (
-            progress == self._told[0] and (progress == CAUGHT_UP or now - self._told[1] < PROGRESS_EVERY_S)
-        ):
+        unchanged = progress == self._told[0]
+        if not progress or (unchanged and (progress == CAUGHT_UP or now - self._told[1] < PROGRESS_EVERY_S)):
             return
         self._told = (progress, now)
         for shard in set(range(self._names.shards)) - set(self._stores):

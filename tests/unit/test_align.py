@@ -163,26 +163,28 @@ def test_an_invalid_record_at_the_head_of_its_partition_goes_at_once():
     assert [r.offset for r in aligner.release(100, 10**12)] == [0, 1]
 
 
-def test_the_low_watermark_is_the_oldest_time_still_held_not_the_newest_released():
+def test_a_worker_holding_only_records_far_ahead_has_read_to_their_time():
     """Two workers each holding a record far ahead must not wait for each other for ever."""
     aligner = Aligner(INPUTS, lambda p: False, idle_ms=10_000, burst_hold_ms=0)
     aligner.assign([("events.login", 0), ("events.device", 0)])
+    assert aligner.read_to() == 0
     aligner.add([_record("events.login", 0, 0, NOW - 10_000), _record("events.device", 0, 0, NOW + 200_000)])
     horizon = NOW  # how far a peer lets this worker go
     assert [r.offset for r in aligner.release(100, 60_000, horizon)] == [0]
     assert aligner.released_ts == NOW - 10_000
-    assert aligner.low_watermark() == NOW + 200_000  # what it holds, told to peers
-    assert not aligner.caught_up()
+    assert aligner.read_to() == NOW + 200_000  # what it holds, told to peers
     # The peer, holding its own record at NOW + 150_000, tells that; this worker may go up to it plus the span.
     assert [r.offset for r in aligner.release(100, 60_000, NOW + 150_000 + 60_000)] == [0]
-    assert aligner.low_watermark() is None and aligner.caught_up()
+    assert aligner.read_to() == NOW + 200_000 and aligner.caught_up()
 
 
-def test_a_lagging_partition_that_gave_nothing_yet_makes_the_low_watermark_unknown():
-    aligner = Aligner(INPUTS, lambda p: p == ("events.device", 0), idle_ms=10_000, burst_hold_ms=0)
-    aligner.assign([("events.login", 0), ("events.device", 0)])
-    aligner.add([_record("events.login", 0, 0, NOW - 10_000)])
-    assert aligner.low_watermark() is None
+def test_a_late_record_held_does_not_take_what_a_worker_has_read_to_back():
+    aligner = Aligner(INPUTS, lambda p: False, idle_ms=10_000, burst_hold_ms=0)
+    aligner.assign([("events.login", 0)])
+    aligner.add([_record("events.login", 0, 0, NOW)])
+    aligner.release(100, 60_000)
+    aligner.add([_record("events.login", 0, 1, NOW - 50_000)])
+    assert aligner.read_to() == NOW
 
 
 def test_json_nested_too_deeply_has_no_ts_and_does_not_crash_the_merge():
