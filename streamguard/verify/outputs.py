@@ -83,10 +83,12 @@ def check_verdicts(
         if item.event_id is not None and (item.kind == "valid" or not dead.get(item.record.source)):
             types[item.event_id].add(item.event_type)
     seen: Counter[str] = Counter()
+    standing_in = 0
     for item in inputs:  # a valid event whose processing raised has a dead letter in place of its verdict
         standing = sum(map(stands_for_verdict, dead.get(item.record.source, [])))
         if item.event_id is not None and item.kind != "invalid" and standing:
             seen[item.event_id] += standing
+            standing_in += standing
     unreadable, misplaced = [], []
     for verdict in verdicts:
         event_id = _verdict_id(verdict)
@@ -101,7 +103,8 @@ def check_verdicts(
         "valid records": valid,
         "distinct valid ids": len(types),
         "either": sum(1 for item in inputs if item.kind == "either"),
-        "verdicts and processing_error dead letters": sum(seen.values()) + len(unreadable),
+        "verdicts": sum(seen.values()) - standing_in + len(unreadable),
+        "processing_error dead letters": standing_in,
     }
     problems = {
         "missing": [i for i in types if i not in seen],

@@ -134,7 +134,7 @@ def test_cluster_survives_kill_9_and_the_node_rejoins(cluster: Cluster) -> None:
     everyone = set(range(1, cluster.nodes + 1))
     topic = f"cluster-{uuid.uuid4().hex[:8]}"
     admin = _create_topic(cluster.bootstrap, topic, replicas=3, min_isr=2)
-    _wait(lambda: _isr_is(admin, topic, everyone), 30, "ISR of 3 after create")
+    _wait(lambda: _isr_is(admin, topic, everyone), 90, "ISR of 3 after create")
 
     writer = _Writer(cluster.bootstrap, topic)
     writer.plain_batch("plain-before")
@@ -154,7 +154,7 @@ def test_cluster_survives_kill_9_and_the_node_rejoins(cluster: Cluster) -> None:
     writer.plain_batch("plain-after")
     writer.tx_batch("tx-aborted", n=50, commit=False)
     timings["writes after kill -9"] = time.monotonic() - t
-    _wait(lambda: _isr_is(admin, topic, everyone - {victim}), 30, f"node {victim} out of the ISR")
+    _wait(lambda: _isr_is(admin, topic, everyone - {victim}), 90, f"node {victim} out of the ISR")
 
     survivors = ",".join(cluster.node_bootstrap(i) for i in sorted(everyone - {victim}))
     t = time.monotonic()
@@ -167,7 +167,7 @@ def test_cluster_survives_kill_9_and_the_node_rejoins(cluster: Cluster) -> None:
     cluster.start_node(victim)
     timings["start-node"] = time.monotonic() - t
     timings["ISR back to 3"] = timings["start-node"] + _wait(
-        lambda: _isr_is(admin, topic, everyone), 60, "ISR back to 3"
+        lambda: _isr_is(admin, topic, everyone), 90, "ISR back to 3"
     )
 
     # The node has caught up, not only rejoined: with another node killed, its copy is one of the two left.
@@ -180,7 +180,7 @@ def test_cluster_survives_kill_9_and_the_node_rejoins(cluster: Cluster) -> None:
     assert sorted(values) == sorted(writer.sent)
     timings["write + read, second kill"] = time.monotonic() - t
     cluster.start_node(other)
-    _wait(lambda: _isr_is(admin, topic, everyone), 60, "ISR of 3 again")
+    _wait(lambda: _isr_is(admin, topic, everyone), 90, "ISR of 3 again")
     assert cluster.running()
 
     writer.plain.flush(10)

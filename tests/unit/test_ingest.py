@@ -1,5 +1,8 @@
 import json
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from streamguard.codec import DecideItem, MergeItem, decode_shard
 from streamguard.pipeline import ingest
 from streamguard.pipeline.ingest import MAX_DEADLETTER_BYTES, Ingest
@@ -149,3 +152,39 @@ def test_a_key_over_the_cap_is_cut_too():
     headers = dict(dead.headers or [])
     assert dead.key == key[:MAX_DEADLETTER_BYTES] and dead.value == b""
     assert headers["sg-truncated-key"] == str(len(key)).encode() and headers["sg-truncated"] == b"5"
+
+
+def _json_values() -> st.SearchStrategy[object]:
+    scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
+    containers = lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)  # noqa: E731
+    return st.recursive(scalars, containers, max_leaves=8)
+
+
+def _mangled(kind: str) -> st.SearchStrategy[bytes]:
+    """A valid event of `kind` with a field replaced or removed, or bytes that are no event at all."""
+    event = valid_events()[kind]
+    fields = sorted(event)
+    replaced = st.tuples(st.sampled_from(fields), _json_values()).map(lambda fv: {**event, fv[0]: fv[1]})
+    removed = st.sampled_from(fields).map(lambda f: {k: v for k, v in event.items() if k != f})
+    documents = (replaced | removed).map(lambda doc: json.dumps(doc).encode())
+    raw = st.binary(max_size=100)
+    oversized = st.integers(65_000, 70_000).map(lambda n: json.dumps({**event, "pad": " " * n}).encode())
+    deep = st.integers(1, 5000).map(lambda depth: b'{"a": ' + b"[" * depth + b"]" * depth + b"}")
+    return documents | raw | oversized | deep
+
+
+MESSAGES = st.sampled_from(sorted(NAMES.inputs)).flatmap(lambda kind: st.tuples(st.just(kind), _mangled(kind)))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(MESSAGES, min_size=100, max_size=100))
+def test_no_message_makes_ingest_raise_and_each_is_a_dead_letter_or_an_event(batch):
+    """10,000 generated messages, 100 a batch: each a valid event routed once, or one dead letter with its bytes."""
+    records = [_incoming(kind, value, offset=i, key=b"key-%d" % i) for i, (kind, value) in enumerate(batch)]
+    outs, shards = INGEST.process(records, NOW_MS)
+    routed = [item for items in shards.values() for item in items]
+    assert len(outs) + len(routed) == len(records)
+    for out in outs:
+        source = records[int(dict(out.headers)["sg-source-offset"])]
+        assert out.value == source.value and out.key == source.key
+        assert dict(out.headers)["sg-error"] != b"processing_error", dict(out.headers)["sg-error-detail"]
