@@ -41,7 +41,7 @@ test: $(VENV)/.installed
 
 ## faults: the whole fault matrix (tests/faults), long scenarios included, each checked by `streamguard verify` (under an hour)
 faults: $(VENV)/.installed
-	$(VENV)/bin/pytest tests/faults -m 'integration or long_fault' -v
+	$(VENV)/bin/pytest tests/faults tests/integration/test_cluster.py -m 'integration or long_fault' -v
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check streamguard tests

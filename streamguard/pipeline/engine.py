@@ -274,9 +274,9 @@ class Engine:
         (see `_committed_offsets`). A worker frozen mid-transaction (SIGSTOP, a
         VM pause) may come back and commit it after its shards moved.
         """
-        offsets = _next_offsets(records)
-        read = {tp.partition for tp in offsets if tp.topic == self._names.shard_topic}
         shard_topic = self._names.shard_topic
+        offsets = _next_offsets(records)
+        read = {tp.partition for tp in offsets if tp.topic == shard_topic}
         offsets += [TopicPartition(shard_topic, p, o) for p, o in self._shard_offsets.items() if p not in read]
         return offsets
 
