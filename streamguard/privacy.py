@@ -9,9 +9,17 @@ workers and restarts but cannot be reversed by a dictionary attack without it.
 from __future__ import annotations
 
 import hashlib
-from typing import Final
+from typing import Final, Protocol
 
 DIGEST_BYTES: Final = 12
+
+
+class Pseudonyms(Protocol):
+    """What lists and verdicts need of a pseudonymiser: the keyed hash of a value of a kind of entity."""
+
+    def digest(self, kind: str, value: str) -> bytes: ...
+
+    def reported_fingerprint(self, fingerprint: str) -> str: ...
 
 
 class Pseudonymizer:
@@ -23,6 +31,10 @@ class Pseudonymizer:
     def digest(self, kind: str, value: str) -> bytes:
         data = f"{kind}\x00{value}".encode()
         return hashlib.blake2b(data, key=self._key, digest_size=DIGEST_BYTES).digest()
+
+    def reported_fingerprint(self, fingerprint: str) -> str:
+        """What the features know a device report's fingerprint as: its own pseudonym."""
+        return self.digest("fingerprint-reported", fingerprint).hex()
 
     def token(self, kind: str, value: str) -> str:
         """The printable pseudonym shown in verdict details: `kind:hex`."""

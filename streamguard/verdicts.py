@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from streamguard.codec import event_type
 from streamguard.events import AnyEvent, Reason, Verdict
-from streamguard.privacy import Pseudonymizer
+from streamguard.privacy import Pseudonyms
 from streamguard.rules.lists import Lists, list_entities
 from streamguard.rules.program import Program
 
@@ -17,7 +17,7 @@ BLOCK_SCORE = 1000
 
 
 class Detector:
-    def __init__(self, program: Program, pseudonymizer: Pseudonymizer) -> None:
+    def __init__(self, program: Program, pseudonymizer: Pseudonyms) -> None:
         self.program = program
         self.lists = Lists(pseudonymizer)
         self._pseudo = pseudonymizer

@@ -316,7 +316,7 @@ class ShardWork:
     def _reported_fingerprint(self, event: AnyEvent) -> str | None:
         """A device report's fingerprint, pseudonymised; None for other events."""
         if isinstance(event, DeviceEvent) and event.fingerprint is not None:
-            return self._pseudo.digest("fingerprint-reported", event.fingerprint).hex()
+            return self._pseudo.reported_fingerprint(event.fingerprint)
         return None
 
     def _publish(

@@ -19,7 +19,7 @@ import msgspec
 from streamguard.errors import ConfigError
 from streamguard.events import AnyEvent
 from streamguard.features.compiled import field_value, ip_network
-from streamguard.privacy import Pseudonymizer
+from streamguard.privacy import Pseudonyms
 
 # List entity -> the entity id features and verdict details use.
 LIST_ENTITIES: Final = {
@@ -49,7 +49,7 @@ class Entry:
 
 
 class Lists:
-    def __init__(self, pseudonymizer: Pseudonymizer) -> None:
+    def __init__(self, pseudonymizer: Pseudonyms) -> None:
         self._pseudo = pseudonymizer
         self._entries: dict[tuple[str, bytes], Entry] = {}
 
@@ -102,7 +102,7 @@ class Lists:
         if eid == "ip_network":
             return _network(value)
         if eid == "fingerprint":  # as the features know it: the pseudonym a device report gets
-            return self._pseudo.digest("fingerprint-reported", value).hex()
+            return self._pseudo.reported_fingerprint(value)
         return value
 
 
@@ -118,7 +118,7 @@ def _network(value: str) -> str:
     return ip_network(str(network.network_address))
 
 
-def list_entities(event: AnyEvent, known: dict[str, bytes], pseudo: Pseudonymizer) -> dict[str, bytes]:
+def list_entities(event: AnyEvent, known: dict[str, bytes], pseudo: Pseudonyms) -> dict[str, bytes]:
     """The keyed hashes of `event`'s list entities: those features already hashed, and the rest."""
     found = {}
     for eid in LIST_ENTITIES.values():

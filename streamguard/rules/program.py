@@ -77,6 +77,10 @@ class Program:
         }
         self._inputs = {kind: frozenset(checks.features) for kind, checks in self._checks.items()}
 
+    def checks(self, kind: str) -> Checks | None:
+        """The rules for events of `kind`, as the kernels take them (None: no rule looks at that type)."""
+        return self._checks.get(kind)
+
     def features_read(self, kind: str) -> frozenset[str]:
         """The features the rules for events of `kind` look at: all an entity's shard needs to compute."""
         return self._inputs.get(kind, frozenset())

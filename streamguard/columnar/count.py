@@ -1,0 +1,461 @@
+"""The kernel that counts a batch of events in their entities' windows and reads their feature values.
+
+One call does, for every event in event-time order: de-duplication by the
+hash of its id, the device -> fingerprint memory, and for each of its
+entities every window its type counts in or reads, with the semantics of
+`streamguard.kernels.window` (a ring of buckets; a value at the event's time,
+or at its entity's newest time minus the lateness for an event older than
+that; an event older than the ring keeps is not counted). Values go to
+`out[event, feature]`, NaN where not read.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numba import uint64
+
+from streamguard.columnar.hashing import ABSENT, DELETED
+from streamguard.columnar.jit import inline, kernel
+from streamguard.columnar.layout import COUNT, MAX, MIN, SINCE_LAST, SUM
+from streamguard.columnar.tables import (
+    BLOCK,
+    BLOCKS_FREE,
+    BLOCKS_USED,
+    DIRTY,
+    DISTINCT_USED,
+    IDS_USED,
+    INLINE,
+    LAST_USED,
+    LIVE,
+    MODE,
+    MODE_HLL,
+    MODE_INLINE,
+    MODE_POOL,
+    NONE,
+    REGISTERS_FREE,
+    REGISTERS_USED,
+    RING_USED,
+    TOMBSTONES,
+    USED,
+    find_slot,
+    insert_slot,
+    table_full,
+)
+from streamguard.kernels.window import HLL_REGISTERS
+
+ROOM_OK = -1
+NEEDS_IDS, NEEDS_SLOTS, NEEDS_RING, NEEDS_LAST, NEEDS_DISTINCT, NEEDS_BLOCKS, NEEDS_REGISTERS = range(7)
+NEEDS_EVENT_IDS, NEEDS_LINKS = 7, 8
+RESERVE_BLOCKS = 64  # free pool blocks and register blocks an event may need at most (its distinct features)
+MAX_KINDS = 64
+
+
+class Scratch(NamedTuple):
+    """Room the kernel works in (it allocates nothing: it runs without numba's reference counting)."""
+
+    of_kind: np.ndarray  # int64[MAX_KINDS]: the event's entity of each kind
+    registers: np.ndarray  # uint8[HLL_REGISTERS]: registers merged over a window
+
+
+def new_scratch() -> Scratch:
+    return Scratch(np.empty(MAX_KINDS, np.int64), np.empty(HLL_REGISTERS, np.uint8))
+
+
+@kernel
+def count_batch(
+    order, start, ts, etype, flags, numbers, hashes,  # the batch, as columns
+    features, kinds, caps, by_type, by_type_count,  # the layout
+    entities, pool, ids, links,  # the state
+    dedup, device_type, fingerprint_column, device_column, lateness, link_memory,
+    out, duplicate, room, scratch,
+):  # fmt: skip
+    """Process `order[start:]`; the position it stopped at (before an event without room: `room[0]` says what).
+
+    `hashes[i, k]` for k < the number of kinds is event i's entity of kind k,
+    and the last column its event id's hash; `dedup` False leaves
+    de-duplication to the caller.
+    """
+    nkinds = kinds.ring_width.shape[0]
+    of_kind = scratch.of_kind
+    for position in range(start, order.shape[0]):
+        i = order[position]
+        short = _short_of_room(entities, kinds, pool, ids, links, nkinds)
+        if short != ROOM_OK:
+            room[0] = short
+            return position
+        t_i = ts[i]
+        if dedup and not _first_sight(ids, hashes[i, hashes.shape[1] - 1], t_i):
+            duplicate[i] = True
+            continue
+        row_hashes = hashes[i]
+        if fingerprint_column >= 0:
+            _remember_fingerprint(links, row_hashes, etype[i] == device_type, fingerprint_column, device_column, t_i,
+                                  link_memory)  # fmt: skip
+        t = etype[i]
+        for k in range(nkinds):
+            key = row_hashes[k]
+            if key == uint64(ABSENT):
+                of_kind[k] = NONE
+            else:
+                of_kind[k] = _entity_of(entities, kinds, k, key, (kinds.counted_types[k] >> t) & 1 == 1)
+        fl = flags[i]
+        row_numbers = numbers[i]
+        for j in range(by_type_count[t]):
+            f = by_type[t, j]
+            entity = of_kind[features.kind[f]]
+            if row_hashes[features.kind[f]] == uint64(ABSENT):
+                continue
+            read = (features.read_types[f] >> t) & 1 == 1
+            if entity < 0:  # an entity never counted: its windows are empty
+                if read:
+                    out[i, f] = _empty_value(features.aggregate[f])
+                continue
+            counts = _counts(features, f, t, fl, row_numbers, row_hashes)
+            if counts and not entities.is_dirty[entity]:
+                entities.is_dirty[entity] = True
+                entities.dirty[entities.counters[DIRTY]] = entity
+                entities.counters[DIRTY] += 1
+            agg = features.aggregate[f]
+            if agg == SINCE_LAST:
+                value = _since_last(entities.last, entities.last_at[entity] + features.last_offset[f], t_i, counts,
+                                    lateness)  # fmt: skip
+                if read:
+                    out[i, f] = value
+                continue
+            base = entities.ring_at[entity] + features.ring_offset[f]
+            slots, res = features.slots[f], features.resolution[f]
+            if counts:
+                _add(entities, pool, features, caps, f, entity, base, slots, t_i, res, row_numbers, row_hashes)
+            if read:
+                oldest, newest = _bounds(entities.starts, base, slots, t_i, res, features.window_buckets[f], lateness)
+                out[i, f] = _read(entities, pool, features, f, entity, base, slots, oldest, newest, scratch)
+    return order.shape[0]
+
+
+@inline
+def _short_of_room(entities, kinds, pool, ids, links, nkinds) -> int:
+    """What the arrays lack for one more event (at most one new entity of each kind), or ROOM_OK."""
+    c = entities.counters
+    if c[IDS_USED] + nkinds > entities.key.shape[0]:
+        return NEEDS_IDS
+    if table_full(c[LIVE] + nkinds, c[TOMBSTONES], entities.keys.shape[0]):
+        return NEEDS_SLOTS
+    if c[RING_USED] + kinds.ring_width.sum() > entities.starts.shape[0]:
+        return NEEDS_RING
+    if c[LAST_USED] + kinds.last_width.sum() > entities.last.shape[0]:
+        return NEEDS_LAST
+    if 3 * (c[DISTINCT_USED] + kinds.distinct_width.sum()) > entities.distinct.shape[0]:
+        return NEEDS_DISTINCT
+    p = pool.counters
+    if p[BLOCKS_FREE] + pool.hashes.shape[0] - p[BLOCKS_USED] < RESERVE_BLOCKS:
+        return NEEDS_BLOCKS
+    if p[REGISTERS_FREE] + pool.registers.shape[0] - p[REGISTERS_USED] < RESERVE_BLOCKS:
+        return NEEDS_REGISTERS
+    if table_full(ids.counters[LIVE], ids.counters[TOMBSTONES], ids.keys.shape[0]):
+        return NEEDS_EVENT_IDS
+    if table_full(links.counters[LIVE], links.counters[TOMBSTONES], links.keys.shape[0]):
+        return NEEDS_LINKS
+    return ROOM_OK
+
+
+@inline
+def _first_sight(ids, key, ts) -> bool:
+    """Remember an event id; False if it was remembered already (a duplicate)."""
+    if find_slot(ids.keys, key) >= 0:
+        return False
+    slot = insert_slot(ids.keys, key)
+    if ids.keys[slot] == uint64(DELETED):
+        ids.counters[TOMBSTONES] -= 1
+    ids.keys[slot] = key
+    ids.ts[slot] = ts
+    ids.counters[LIVE] += 1
+    return True
+
+
+@inline
+def _remember_fingerprint(links, row_hashes, is_device, fingerprint_column, device_column, ts, memory) -> None:
+    """A device report teaches its device's fingerprint; other events with a device id are given it."""
+    device = row_hashes[device_column]
+    if device == uint64(ABSENT):
+        return
+    fingerprint = row_hashes[fingerprint_column]
+    slot = find_slot(links.keys, device)
+    if fingerprint != uint64(ABSENT):
+        if is_device:
+            if slot < 0:
+                slot = insert_slot(links.keys, device)
+                if links.keys[slot] == uint64(DELETED):
+                    links.counters[TOMBSTONES] -= 1
+                links.keys[slot] = device
+                links.ts[slot] = -1
+                links.counters[LIVE] += 1
+            links.value[slot] = fingerprint
+            links.ts[slot] = max(links.ts[slot], ts)
+        return
+    if slot >= 0 and links.ts[slot] >= ts - memory:
+        row_hashes[fingerprint_column] = links.value[slot]
+
+
+@inline
+def _entity_of(entities, kinds, k, key, create) -> int:
+    """The entity's id; a new one if `create`; NONE if it has none."""
+    e = entities
+    slot = find_slot(e.keys, key)
+    if slot >= 0:
+        return e.slot_entity[slot]
+    if not create:
+        return NONE
+    c = e.counters
+    entity = e.free_head[k]
+    if entity != NONE:  # a freed entity of the same kind: its chunks are the right size
+        e.free_head[k] = e.next_free[entity]
+    else:
+        entity = c[IDS_USED]
+        c[IDS_USED] += 1
+        e.kind[entity] = k
+        e.ring_at[entity] = c[RING_USED]
+        c[RING_USED] += kinds.ring_width[k]
+        e.last_at[entity] = c[LAST_USED]
+        c[LAST_USED] += kinds.last_width[k]
+        e.distinct_at[entity] = c[DISTINCT_USED]
+        c[DISTINCT_USED] += kinds.distinct_width[k]
+    slot = insert_slot(e.keys, key)
+    if e.keys[slot] == uint64(DELETED):
+        c[TOMBSTONES] -= 1
+    e.keys[slot] = key
+    e.slot_entity[slot] = entity
+    e.key[entity] = key
+    c[LIVE] += 1
+    ring = e.ring_at[entity]
+    e.starts[ring : ring + kinds.ring_width[k]] = -1
+    e.values[ring : ring + kinds.ring_width[k]] = 0.0
+    last = e.last_at[entity]
+    e.last[last : last + kinds.last_width[k]] = -1
+    d = e.distinct_at[entity]
+    e.distinct[3 * d : 3 * (d + kinds.distinct_width[k])] = 0
+    return entity
+
+
+@inline
+def _counts(features, f, t, fl, numbers, row_hashes) -> bool:
+    if (features.counted_types[f] >> t) & 1 == 0 or (fl & features.predicates[f]) != features.predicates[f]:
+        return False
+    column = features.hash_column[f]
+    if column >= 0 and row_hashes[column] == uint64(ABSENT):
+        return False
+    number = features.number_column[f]
+    return not (number >= 0 and np.isnan(numbers[number]))
+
+
+@inline
+def _empty_value(agg) -> float:
+    return np.nan if agg in (SINCE_LAST, MIN, MAX) else 0.0
+
+
+@inline
+def _since_last(last, at, ts, counts, lateness) -> float:
+    before = last[at]
+    if counts:
+        last[at] = max(before, ts)
+    newest = last[at]
+    q = max(ts, newest - lateness)
+    previous = before if counts and q == ts else newest
+    return np.nan if previous < 0 else max(0.0, (q - previous) / 1000.0)
+
+
+@inline
+def _ring_slot(starts, base, slots, ts, res) -> tuple[int, bool]:
+    """The ring slot of the bucket of `ts` and whether it was just claimed; -1 if `ts` is too old for the ring."""
+    bucket = ts // res
+    slot = bucket % slots
+    held = starts[base + slot]
+    if held == bucket:
+        return slot, False
+    if held > bucket:
+        return -1, False
+    starts[base + slot] = bucket
+    return slot, True
+
+
+@inline
+def _bounds(starts, base, slots, ts, res, window_buckets, lateness) -> tuple[int, int]:
+    """The oldest and newest bucket of the window read at `ts` (or at the ring's newest minus the lateness)."""
+    newest_bucket = -1
+    for s in range(base, base + slots):
+        if starts[s] > newest_bucket:
+            newest_bucket = starts[s]
+    newest_ts = -1 if newest_bucket < 0 else (newest_bucket + 1) * res - 1
+    q = max(ts, newest_ts - lateness)
+    newest = q // res
+    return max(newest - window_buckets + 1, 0), newest
+
+
+@inline
+def _add(e, pool, features, caps, f, entity, base, slots, ts, res, numbers, row_hashes) -> None:
+    slot, fresh = _ring_slot(e.starts, base, slots, ts, res)
+    if slot < 0:
+        return
+    agg = features.aggregate[f]
+    at = base + slot
+    if agg in (COUNT, SUM):
+        if fresh:
+            e.values[at] = 0.0
+        e.values[at] += 1.0 if agg == COUNT else numbers[features.number_column[f]]
+    elif agg in (MIN, MAX):
+        v = numbers[features.number_column[f]]
+        if fresh or (v > e.values[at] if agg == MAX else v < e.values[at]):
+            e.values[at] = v
+    else:
+        d = e.distinct_at[entity] + features.distinct_offset[f]
+        _distinct_add(e, pool, d, caps[f], slot, fresh, slots, row_hashes[features.hash_column[f]])
+
+
+@kernel
+def _distinct_add(e, pool, d, cap, slot, fresh, slots, value) -> None:
+    """Record `value` in ring slot `slot`: exact in the entity, then in a pool block, then HyperLogLog past `cap`."""
+    state = e.distinct[3 * d : 3 * d + 3]
+    if state[MODE] == MODE_HLL:
+        block = state[BLOCK]
+        if fresh:
+            pool.registers[block, slot, :] = 0
+        _hll_update(pool.registers[block, slot], value)
+        return
+    bit = uint64(1) << uint64(slot)
+    if state[MODE] == MODE_INLINE:
+        hashes, masks = e.hashes[INLINE * d : INLINE * (d + 1)], e.masks[INLINE * d : INLINE * (d + 1)]
+    else:
+        hashes, masks = pool.hashes[state[BLOCK]], pool.masks[state[BLOCK]]
+    used = state[USED]
+    if fresh:
+        used = _clear_slot(hashes, masks, used, ~bit)
+    for v in range(used):
+        if hashes[v] == value:
+            masks[v] |= bit
+            state[USED] = used
+            return
+    room = min(cap, INLINE) if state[MODE] == MODE_INLINE else cap
+    if used < room:
+        hashes[used] = value
+        masks[used] = bit
+        state[USED] = used + 1
+        return
+    if state[MODE] == MODE_INLINE and cap > INLINE:  # to a pool block
+        block = _take(pool.free, pool.counters, BLOCKS_USED, BLOCKS_FREE)
+        for v in range(used):
+            pool.hashes[block, v] = hashes[v]
+            pool.masks[block, v] = masks[v]
+        pool.hashes[block, used] = value
+        pool.masks[block, used] = bit
+        state[USED] = used + 1
+        state[MODE] = MODE_POOL
+        state[BLOCK] = block
+        return
+    # past the cap: HyperLogLog registers per ring slot, seeded with the exact values
+    registers = _take(pool.registers_free, pool.counters, REGISTERS_USED, REGISTERS_FREE)
+    pool.registers[registers, :, :] = 0
+    for v in range(used):
+        for s in range(slots):
+            if masks[v] & (uint64(1) << uint64(s)):
+                _hll_update(pool.registers[registers, s], hashes[v])
+    _hll_update(pool.registers[registers, slot], value)
+    if state[MODE] == MODE_POOL:
+        _give_back(pool.free, pool.counters, BLOCKS_FREE, state[BLOCK])
+    state[USED] = 0
+    state[MODE] = MODE_HLL
+    state[BLOCK] = registers
+
+
+@inline
+def _take(free, counters, used_index, free_index) -> int:
+    if counters[free_index] > 0:
+        counters[free_index] -= 1
+        return free[counters[free_index]]
+    block = counters[used_index]
+    counters[used_index] += 1
+    return block
+
+
+@inline
+def _give_back(free, counters, free_index, block) -> None:
+    free[counters[free_index]] = block
+    counters[free_index] += 1
+
+
+@inline
+def _clear_slot(hashes, masks, used, keep) -> int:
+    kept = 0
+    for v in range(used):
+        m = masks[v] & keep
+        if m:
+            hashes[kept] = hashes[v]
+            masks[kept] = m
+            kept += 1
+    return kept
+
+
+@inline
+def _hll_update(registers, value) -> None:
+    index = int(value & uint64(HLL_REGISTERS - 1))
+    rest = value >> uint64(7)
+    rank = 1
+    while rank <= 57 and not (rest & uint64(1)):
+        rest >>= uint64(1)
+        rank += 1
+    if rank > registers[index]:
+        registers[index] = rank
+
+
+@inline
+def _read(e, pool, features, f, entity, base, slots, oldest, newest, scratch) -> float:
+    agg = features.aggregate[f]
+    starts = e.starts
+    if agg in (COUNT, SUM):
+        total = 0.0
+        for s in range(base, base + slots):
+            if oldest <= starts[s] <= newest:
+                total += e.values[s]
+        return total
+    if agg in (MIN, MAX):
+        found, best = False, 0.0
+        for s in range(base, base + slots):
+            if oldest <= starts[s] <= newest:
+                v = e.values[s]
+                if not found or (v > best) == (agg == MAX):
+                    best, found = v, True
+        return best if found else np.nan
+    window = uint64(0)
+    for s in range(slots):
+        if oldest <= starts[base + s] <= newest:
+            window |= uint64(1) << uint64(s)
+    d = e.distinct_at[entity] + features.distinct_offset[f]
+    mode, block, used = e.distinct[3 * d + MODE], e.distinct[3 * d + BLOCK], e.distinct[3 * d + USED]
+    if mode == MODE_HLL:
+        return _hll_count(pool.registers[block], window, slots, scratch.registers)
+    masks = e.masks[INLINE * d : INLINE * (d + 1)] if mode == MODE_INLINE else pool.masks[block]
+    n = 0
+    for v in range(used):
+        if masks[v] & window:
+            n += 1
+    return float(n)
+
+
+@kernel
+def _hll_count(registers, window, slots, merged) -> float:
+    merged[:] = 0
+    for s in range(slots):
+        if window & (uint64(1) << uint64(s)):
+            for j in range(HLL_REGISTERS):
+                if registers[s, j] > merged[j]:
+                    merged[j] = registers[s, j]
+    m = float(HLL_REGISTERS)
+    total, zeros = 0.0, 0
+    for j in range(HLL_REGISTERS):
+        total += 2.0 ** -float(merged[j])
+        if merged[j] == 0:
+            zeros += 1
+    estimate = (0.7213 / (1.0 + 1.079 / m)) * m * m / total
+    if estimate <= 2.5 * m and zeros > 0:
+        estimate = m * np.log(m / zeros)
+    return estimate

@@ -1,0 +1,158 @@
+"""A worker's feature state, in memory: the tables of every entity kind, the pool, event ids, fingerprints.
+
+`count` runs the batch kernel, growing whatever it runs short of; `expire`
+frees a bounded amount of what is past use. The arrays are the state: what a
+transaction commits is their changed rows (`take_changed`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from streamguard.columnar import count as kernel
+from streamguard.columnar.layout import TYPE_CODE, Layout
+from streamguard.columnar.tables import (
+    Entities,
+    Memo,
+    Pool,
+    expire_entities,
+    expire_memo,
+    grown_arena,
+    grown_ids,
+    grown_memo,
+    grown_pool,
+    new_entities,
+    new_memo,
+    new_pool,
+    rehashed,
+    take_dirty,
+)
+
+FINGERPRINT_MEMORY_MS = 24 * 3_600_000  # a device's fingerprint is remembered this long after its last report
+EXPIRE_ROWS = 2_000
+# Entities the arrays have room for before they grow (a copy). Memory is committed as entities come:
+# this reserves address space (some GiB), not memory.
+RESERVED_ENTITIES = 1 << 20  # rows (or memo slots) an `expire` call looks at per table
+
+
+@dataclass
+class CountResult:
+    values: np.ndarray  # float64[events, features]: NaN where not read
+    duplicate: np.ndarray  # bool[events]
+    grown: int = 0  # how many times a table had to grow during the call
+
+
+@dataclass
+class ColumnarState:
+    layout: Layout
+    dedup_retention_ms: int
+    reserved: int = RESERVED_ENTITIES  # entities the arrays have room for before they grow
+    entities: Entities = field(init=False)
+    pool: Pool = field(init=False)
+    ids: Memo = field(default_factory=lambda: new_memo(1 << 14))
+    links: Memo = field(default_factory=lambda: new_memo(1 << 12))
+    newest_ts: int = 0  # the newest event time counted: what expiry measures against
+    cursor: int = 0  # where the next `expire` goes on from, in entities; then ids, links
+    id_cursor: int = 0
+    link_cursor: int = 0
+
+    def __post_init__(self) -> None:
+        layout = self.layout
+        kinds = layout.kind_arrays
+        ids = self.reserved
+        self.entities = new_entities(
+            ids, len(layout.kinds), ids * int(kinds.ring_width.mean()), ids * int(max(1, kinds.last_width.mean())),
+            ids * int(max(1, kinds.distinct_width.mean())),
+        )  # fmt: skip
+        block = max([s.distinct_cap for s in layout.specs if s.aggregate == "distinct"] + [1])
+        self.pool = new_pool(128, block, 128)
+        self._caps = np.array([s.distinct_cap for s in layout.specs], np.int64)
+        self._scratch = kernel.new_scratch()
+
+    def count(
+        self,
+        order: np.ndarray,
+        ts: np.ndarray,
+        etype: np.ndarray,
+        flags: np.ndarray,
+        numbers: np.ndarray,
+        hashes: np.ndarray,
+        dedup: bool = True,
+    ) -> CountResult:
+        """Count the events (`order`: event time) in their windows; their values, and which were duplicates.
+
+        `hashes` holds a column per `layout.hash_columns`, then the event ids' hashes;
+        the resolved fingerprints are written into it.
+        """
+        layout, n = self.layout, ts.shape[0]
+        result = CountResult(np.full((n, len(layout.specs)), np.nan), np.zeros(n, np.bool_))
+        room = np.zeros(1, np.int64)
+        position = 0
+        while True:
+            position = kernel.count_batch(
+                order, position, ts, etype, flags, numbers, hashes,
+                layout.arrays, layout.kind_arrays, self._caps, layout.by_type, layout.by_type_count,
+                self.entities, self.pool, self.ids, self.links,
+                dedup, TYPE_CODE["device"], layout.fingerprint_column, layout.device_column, layout.lateness_ms,
+                FINGERPRINT_MEMORY_MS, result.values, result.duplicate, room, self._scratch,
+            )  # fmt: skip
+            if position >= n:
+                break
+            self._make_room(int(room[0]))
+            result.grown += 1
+        if n:
+            self.newest_ts = max(self.newest_ts, int(ts.max()))
+        return result
+
+    def _make_room(self, short: int) -> None:
+        e = self.entities
+        if short == kernel.NEEDS_IDS:
+            self.entities = grown_ids(e)
+        elif short == kernel.NEEDS_SLOTS:  # full of tombstones: ids are short first otherwise
+            self.entities = rehashed(e, e.keys.shape[0])
+        elif short == kernel.NEEDS_RING:
+            self.entities = grown_arena(e, "ring")
+        elif short == kernel.NEEDS_LAST:
+            self.entities = grown_arena(e, "last")
+        elif short == kernel.NEEDS_DISTINCT:
+            self.entities = grown_arena(e, "distinct")
+        elif short in (kernel.NEEDS_BLOCKS, kernel.NEEDS_REGISTERS):
+            self.pool = grown_pool(self.pool, blocks=short == kernel.NEEDS_BLOCKS)
+        elif short == kernel.NEEDS_EVENT_IDS:
+            self.ids = grown_memo(self.ids)
+        elif short == kernel.NEEDS_LINKS:
+            self.links = grown_memo(self.links)
+        else:
+            raise AssertionError(f"the count kernel stopped for want of {short}")
+
+    def expire(self) -> np.ndarray:
+        """Free a bounded number of entities, event ids and fingerprints past use; the freed entities' keys."""
+        watermark, kinds = self.newest_ts, self.layout.kind_arrays
+        gone = np.empty(EXPIRE_ROWS, np.uint64)
+        self.cursor, n = expire_entities(
+            self.entities, self.pool, self.layout.arrays, kinds.features, kinds.first, self.cursor, EXPIRE_ROWS,
+            watermark, gone,
+        )  # fmt: skip
+        self.id_cursor = expire_memo(self.ids, self.id_cursor, EXPIRE_ROWS, watermark - self.dedup_retention_ms)
+        self.link_cursor = expire_memo(self.links, self.link_cursor, EXPIRE_ROWS, watermark - FINGERPRINT_MEMORY_MS)
+        return gone[:n]
+
+    def take_changed(self) -> np.ndarray:
+        """The ids of the entities changed since the last call."""
+        out = np.empty(self.entities.key.shape[0], np.int64)
+        return out[: take_dirty(self.entities, out)]
+
+    def entity_counts(self) -> dict[str, int]:
+        """Live entities per kind."""
+        e = self.entities
+        used = int(e.counters[2])
+        live = e.key[:used] > 1
+        kinds = np.bincount(e.kind[:used][live], minlength=len(self.layout.kinds))
+        return dict(zip(self.layout.kinds, kinds.tolist(), strict=True))
+
+    @property
+    def nbytes(self) -> int:
+        arrays = list(self.entities) + list(self.pool) + list(self.ids) + list(self.links)
+        return sum(a.nbytes for a in arrays)
