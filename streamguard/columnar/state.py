@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from streamguard.columnar import count as kernel
+from streamguard.columnar import pack
 from streamguard.columnar.layout import TYPE_CODE, Layout
 from streamguard.columnar.tables import (
     Entities,
@@ -127,6 +128,21 @@ class ColumnarState:
         else:
             raise AssertionError(f"the count kernel stopped for want of {short}")
 
+    def grow_all(self) -> None:
+        """Make room in everything that is more than half used (before loading packed entities)."""
+        e, c = self.entities, self.entities.counters
+        if 2 * c[2] >= e.key.shape[0]:
+            self.entities = e = grown_ids(e)
+        for arena, used, size in (("ring", c[3], e.starts.shape[0]), ("last", c[4], e.last.shape[0]),
+                                  ("distinct", 3 * c[5], e.distinct.shape[0])):  # fmt: skip
+            if 2 * used >= size:
+                self.entities = e = grown_arena(e, arena)
+        p = self.pool.counters
+        if 2 * (p[0] - p[1]) >= self.pool.hashes.shape[0]:
+            self.pool = grown_pool(self.pool, blocks=True)
+        if 2 * (p[2] - p[3]) >= self.pool.registers.shape[0]:
+            self.pool = grown_pool(self.pool, blocks=False)
+
     def expire(self) -> np.ndarray:
         """Free a bounded number of entities, event ids and fingerprints past use; the freed entities' keys."""
         watermark, kinds = self.newest_ts, self.layout.kind_arrays
@@ -156,3 +172,25 @@ class ColumnarState:
     def nbytes(self) -> int:
         arrays = list(self.entities) + list(self.pool) + list(self.ids) + list(self.links)
         return sum(a.nbytes for a in arrays)
+
+
+def packed(state: ColumnarState, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The entities `ids` packed (see `pack`): the words, and where each entity's end."""
+    out = np.empty(max(1024, 64 * ids.shape[0]), np.int64)
+    ends = np.empty(ids.shape[0], np.int64)
+    while True:
+        n = pack.pack_entities(state.entities, state.pool, state.layout.arrays, state.layout.kind_arrays, ids, out,
+                               ends)  # fmt: skip
+        if n >= 0:
+            return out[:n], ends
+        out = np.empty(2 * out.shape[0], np.int64)
+
+
+def load(state: ColumnarState, words: np.ndarray) -> None:
+    """Make (or replace) the entities packed in `words`."""
+    position = 0
+    while position < words.shape[0]:
+        position = pack.unpack_entities(state.entities, state.pool, state.layout.arrays, state.layout.kind_arrays,
+                                        words, position, words.shape[0])  # fmt: skip
+        if position < words.shape[0]:
+            state.grow_all()

@@ -1,0 +1,227 @@
+"""Entities to bytes and back: what a changelog record, a snapshot or an abort's reload carries.
+
+An entity packs to int64 words: its key and kind, its ring slots that hold a
+bucket (position in the chunk, bucket, value), its since_last times, and per
+distinct feature its mode and exact values with their slot masks (from the
+entity's chunk or its pool block), or its HyperLogLog registers for the ring
+slots that hold a bucket. Young and sparse entities (most of them) pack to a
+few dozen words.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import uint64
+
+from streamguard.columnar.count import _entity_of
+from streamguard.columnar.jit import kernel
+from streamguard.columnar.tables import BLOCK, INLINE, MODE, MODE_HLL, MODE_INLINE, MODE_POOL, NONE, USED, find_slot
+from streamguard.kernels.window import HLL_REGISTERS
+
+HLL_WORDS = HLL_REGISTERS // 8
+
+
+@kernel
+def pack_entities(entities, pool, features, kinds, ids, out, ends) -> int:
+    """Pack the entities `ids` into `out` (`ends[j]`: where the j-th ends); the words written, -1 if `out` is short."""
+    e = entities
+    bits = e.values.view(np.int64)
+    w = 0
+    for j in range(ids.shape[0]):
+        entity = ids[j]
+        k = e.kind[entity]
+        if w + _words_at_most(e, features, kinds, k, entity) > out.shape[0]:
+            return -1
+        out[w] = np.int64(e.key[entity])
+        out[w + 1] = k
+        w += 2
+        ring = e.ring_at[entity]
+        head = w
+        w += 1
+        for s in range(kinds.ring_width[k]):
+            if e.starts[ring + s] >= 0:
+                out[w] = s
+                out[w + 1] = e.starts[ring + s]
+                out[w + 2] = bits[ring + s]
+                w += 3
+        out[head] = (w - head - 1) // 3
+        last = e.last_at[entity]
+        for s in range(kinds.last_width[k]):
+            out[w] = e.last[last + s]
+            w += 1
+        for q in range(kinds.first[k], kinds.first[k + 1]):
+            f = kinds.features[q]
+            if features.distinct_offset[f] >= 0:
+                w = _pack_distinct(e, pool, features, f, entity, out, w)
+        ends[j] = w
+    return w
+
+
+@kernel
+def _words_at_most(e, features, kinds, k, entity) -> int:
+    n = 3 + 3 * kinds.ring_width[k] + kinds.last_width[k]
+    for q in range(kinds.first[k], kinds.first[k + 1]):
+        f = kinds.features[q]
+        if features.distinct_offset[f] >= 0:
+            d = e.distinct_at[entity] + features.distinct_offset[f]
+            n += 3 + (
+                features.slots[f] * (1 + HLL_WORDS)
+                if e.distinct[3 * d + MODE] == MODE_HLL
+                else 2 * e.distinct[3 * d + USED]
+            )
+    return n
+
+
+@kernel
+def _pack_distinct(e, pool, features, f, entity, out, w) -> int:
+    d = e.distinct_at[entity] + features.distinct_offset[f]
+    mode, used, block = e.distinct[3 * d + MODE], e.distinct[3 * d + USED], e.distinct[3 * d + BLOCK]
+    out[w] = mode
+    out[w + 1] = used
+    w += 2
+    if mode == MODE_HLL:
+        ring = e.ring_at[entity] + features.ring_offset[f]
+        head = w
+        w += 1
+        for s in range(features.slots[f]):
+            if e.starts[ring + s] >= 0:
+                out[w] = s
+                words = pool.registers[block, s].view(np.int64)
+                for r in range(HLL_WORDS):
+                    out[w + 1 + r] = words[r]
+                w += 1 + HLL_WORDS
+        out[head] = (w - head - 1) // (1 + HLL_WORDS)
+        return w
+    for v in range(used):
+        if mode == MODE_INLINE:
+            out[w] = np.int64(e.hashes[INLINE * d + v])
+            out[w + 1] = np.int64(e.masks[INLINE * d + v])
+        else:
+            out[w] = np.int64(pool.hashes[block, v])
+            out[w + 1] = np.int64(pool.masks[block, v])
+        w += 2
+    return w
+
+
+@kernel
+def unpack_entities(entities, pool, features, kinds, words, start, end) -> int:
+    """Make (or overwrite) the entities packed in `words[start:end]`; where it stopped (before one it lacks room for).
+
+    The caller grows what is short (`ColumnarState._make_room`) and calls again from there.
+    """
+    bits = entities.values.view(np.int64)
+    w = start
+    while w < end:
+        key = uint64(words[w])
+        k = words[w + 1]
+        if not _room_for_one(entities, kinds, pool, k):
+            return w
+        slot = find_slot(entities.keys, key)
+        entity = entities.slot_entity[slot] if slot >= 0 else _entity_of(entities, kinds, k, key, True)
+        if slot >= 0:
+            _clear_entity(entities, pool, features, kinds, k, entity)
+        w += 2
+        ring = entities.ring_at[entity]
+        held = words[w]
+        w += 1
+        for _ in range(held):
+            entities.starts[ring + words[w]] = words[w + 1]
+            bits[ring + words[w]] = words[w + 2]
+            w += 3
+        last = entities.last_at[entity]
+        for s in range(kinds.last_width[k]):
+            entities.last[last + s] = words[w]
+            w += 1
+        for q in range(kinds.first[k], kinds.first[k + 1]):
+            f = kinds.features[q]
+            if features.distinct_offset[f] >= 0:
+                w = _unpack_distinct(entities, pool, features, f, entity, words, w)
+    return w
+
+
+@kernel
+def _room_for_one(e, kinds, pool, k) -> bool:
+    c = e.counters
+    return (
+        c[2] + 1 <= e.key.shape[0]
+        and (c[0] + c[1] + 2) <= 0.6 * e.keys.shape[0]
+        and c[3] + kinds.ring_width[k] <= e.starts.shape[0]
+        and c[4] + kinds.last_width[k] <= e.last.shape[0]
+        and 3 * (c[5] + kinds.distinct_width[k]) <= e.distinct.shape[0]
+        and pool.counters[1] + pool.hashes.shape[0] - pool.counters[0] >= kinds.distinct_width[k]
+        and pool.counters[3] + pool.registers.shape[0] - pool.counters[2] >= kinds.distinct_width[k]
+    )
+
+
+@kernel
+def _clear_entity(e, pool, features, kinds, k, entity) -> None:
+    """Empty an entity's windows (what is packed replaces them), giving its pool blocks back."""
+    for q in range(kinds.first[k], kinds.first[k + 1]):
+        f = kinds.features[q]
+        d = features.distinct_offset[f]
+        if d >= 0:
+            at = 3 * (e.distinct_at[entity] + d)
+            if e.distinct[at + MODE] == MODE_POOL:
+                pool.free[pool.counters[1]] = e.distinct[at + BLOCK]
+                pool.counters[1] += 1
+            elif e.distinct[at + MODE] == MODE_HLL:
+                pool.registers_free[pool.counters[3]] = e.distinct[at + BLOCK]
+                pool.counters[3] += 1
+    ring = e.ring_at[entity]
+    e.starts[ring : ring + kinds.ring_width[k]] = -1
+    e.values[ring : ring + kinds.ring_width[k]] = 0.0
+    last = e.last_at[entity]
+    e.last[last : last + kinds.last_width[k]] = -1
+    d = e.distinct_at[entity]
+    e.distinct[3 * d : 3 * (d + kinds.distinct_width[k])] = 0
+
+
+@kernel
+def _unpack_distinct(e, pool, features, f, entity, words, w) -> int:
+    d = e.distinct_at[entity] + features.distinct_offset[f]
+    mode, used = words[w], words[w + 1]
+    w += 2
+    if mode == MODE_HLL:
+        block = _take_block(pool.registers_free, pool.counters, 2, 3)
+        pool.registers[block, :, :] = 0
+        held = words[w]
+        w += 1
+        for _ in range(held):
+            target = pool.registers[block, words[w]].view(np.int64)
+            for r in range(HLL_WORDS):
+                target[r] = words[w + 1 + r]
+            w += 1 + HLL_WORDS
+        e.distinct[3 * d + BLOCK] = block
+    elif mode == MODE_POOL:
+        block = _take_block(pool.free, pool.counters, 0, 1)
+        for v in range(used):
+            pool.hashes[block, v] = uint64(words[w])
+            pool.masks[block, v] = uint64(words[w + 1])
+            w += 2
+        e.distinct[3 * d + BLOCK] = block
+    else:
+        for v in range(used):
+            e.hashes[INLINE * d + v] = uint64(words[w])
+            e.masks[INLINE * d + v] = uint64(words[w + 1])
+            w += 2
+    e.distinct[3 * d + MODE] = mode
+    e.distinct[3 * d + USED] = used
+    return w
+
+
+@kernel
+def _take_block(free, counters, used_index, free_index) -> int:
+    if counters[free_index] > 0:
+        counters[free_index] -= 1
+        return free[counters[free_index]]
+    block = counters[used_index]
+    counters[used_index] += 1
+    return block
+
+
+def shard_of_keys(keys: np.ndarray, shards: int) -> np.ndarray:
+    """The shard each entity key belongs to."""
+    return ((keys >> np.uint64(32)) % np.uint64(shards)).astype(np.int64)
+
+
+__all__ = ["pack_entities", "unpack_entities", "shard_of_keys", "NONE"]
