@@ -15,6 +15,7 @@ from streamguard.columnar import count as kernel
 from streamguard.columnar import pack
 from streamguard.columnar.layout import TYPE_CODE, Layout
 from streamguard.columnar.tables import (
+    INLINE,
     Entities,
     Memo,
     Pool,
@@ -170,8 +171,13 @@ class ColumnarState:
 
     @property
     def nbytes(self) -> int:
-        arrays = list(self.entities) + list(self.pool) + list(self.ids) + list(self.links)
-        return sum(a.nbytes for a in arrays)
+        """The bytes of state in use (the arrays reserve more address space than that: see `lazy_zeros`)."""
+        e, c, p = self.entities, self.entities.counters, self.pool
+        per_id = sum(a.itemsize for a in (e.key, e.kind, e.ring_at, e.last_at, e.distinct_at, e.next_free, e.dirty))
+        arenas = 16 * c[3] + 8 * c[4] + (3 * 8 + 2 * 8 * INLINE) * c[5]
+        pool = p.hashes[0].nbytes * 2 * p.counters[0] + p.registers[0].nbytes * p.counters[2]
+        tables = e.keys.nbytes + e.slot_entity.nbytes + sum(a.nbytes for a in (*self.ids[:3], *self.links[:3]))
+        return int(per_id * c[2] + arenas + pool + tables)
 
 
 def packed(state: ColumnarState, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

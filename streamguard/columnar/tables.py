@@ -20,6 +20,7 @@ few milliseconds; no offset changes, nothing is lost or reordered.
 
 from __future__ import annotations
 
+import mmap
 from typing import NamedTuple
 
 import numpy as np
@@ -81,6 +82,18 @@ class Memo(NamedTuple):
     counters: np.ndarray  # int64[2]: LIVE, TOMBSTONES
 
 
+def lazy_zeros(size: int, dtype: type) -> np.ndarray:
+    """A zeroed array whose memory is committed page by page as it is first written.
+
+    An anonymous mapping of its own: numpy's own large arrays ask the kernel
+    for transparent huge pages, and with the kernel's default defragmentation
+    a first write then waits for a 2 MiB page to be compacted and cleared;
+    loading a shard's entities into fresh arrays ran 3.6 times slower.
+    """
+    nbytes = max(1, size) * np.dtype(dtype).itemsize
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype, max(1, size))
+
+
 def new_entities(ids: int, kinds: int, ring: int, last: int, distinct: int) -> Entities:
     """Room for `ids` entities and arenas of the sizes given.
 
@@ -101,12 +114,12 @@ def new_entities(ids: int, kinds: int, ring: int, last: int, distinct: int) -> E
         is_dirty=np.zeros(ids, np.bool_),
         dirty=np.zeros(ids, np.int64),
         free_head=np.full(kinds, NONE, np.int64),
-        starts=np.zeros(ring, np.int64),
-        values=np.zeros(ring, np.float64),
-        last=np.zeros(last, np.int64),
-        distinct=np.zeros(3 * distinct, np.int64),
-        hashes=np.zeros(INLINE * distinct, np.uint64),
-        masks=np.zeros(INLINE * distinct, np.uint64),
+        starts=lazy_zeros(ring, np.int64),
+        values=lazy_zeros(ring, np.float64),
+        last=lazy_zeros(last, np.int64),
+        distinct=lazy_zeros(3 * distinct, np.int64),
+        hashes=lazy_zeros(INLINE * distinct, np.uint64),
+        masks=lazy_zeros(INLINE * distinct, np.uint64),
         counters=np.zeros(7, np.int64),
     )
 
@@ -139,7 +152,7 @@ def slots_for(entries: int) -> int:
 
 def _doubled(a: np.ndarray) -> np.ndarray:
     """Twice the room, the new half zeroed lazily (the kernel initialises what it takes)."""
-    grown = np.zeros(2 * a.shape[0], a.dtype)
+    grown = lazy_zeros(2 * a.shape[0], a.dtype.type)
     grown[: a.shape[0]] = a
     return grown
 
