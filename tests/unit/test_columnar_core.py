@@ -8,6 +8,7 @@ from pathlib import Path
 
 import msgspec
 
+from streamguard.bench.core import bench_core, demo_records
 from streamguard.codec import decode_event, encode_verdict
 from streamguard.columnar.core import BatchCore
 from streamguard.columnar.hashing import ColumnHashes
@@ -18,6 +19,7 @@ from streamguard.features.spec import load_features
 from streamguard.pipeline.records import Incoming
 from streamguard.rules.program import Program
 from streamguard.rules.spec import load_ruleset
+from streamguard.settings import Settings
 from streamguard.verdicts import Detector
 from tests.local import LATENESS_MS, NAMES, LocalPipeline
 
@@ -111,3 +113,12 @@ def test_the_features_topic_gets_every_value_of_the_events_entities():
     (record,) = [json.loads(o.value) for o in outs if o.topic == "features"]
     assert record["features"]["login_failures_by_ip_10m"] == 1.0
     assert not any(name.endswith("_by_phone_10m") for name in record["features"])  # a login has no phone
+
+
+def test_bench_core_measures_the_demo_mix_offline():
+    settings = Settings(hash_key="bench-core-test-key-0123")
+    records = demo_records(settings, 3000, 2, T0)
+    figures = bench_core(settings, records, 500, T0)
+    assert figures.records == 3000 and figures.verdicts + figures.dead_letters + figures.duplicates == 3000
+    assert figures.dead_letters > 0 and figures.entities > 100
+    assert figures.restore_entities_per_s > 0 and 0 < figures.packed_bytes_per_entity < figures.state_bytes_per_entity
