@@ -104,7 +104,7 @@ def demo_records(settings: Settings, events: int, seed: int, now_ms: int) -> lis
 def scenario_records(settings: Settings, path: Path) -> list[Incoming]:
     """The records of a file `../shared/scenarios/generate.py` wrote."""
     names = _names(settings)
-    records = []
+    records: list[Incoming] = []
     for line in path.read_text().splitlines():
         row = json.loads(line)
         if "topic" not in row:
