@@ -42,6 +42,7 @@ from streamguard.columnar.tables import (
     find_slot,
     insert_slot,
     table_full,
+    take_ring,
 )
 from streamguard.kernels.window import HLL_REGISTERS
 
@@ -77,7 +78,8 @@ def count_batch(
     and the last column its event id's hash; `dedup` False leaves
     de-duplication to the caller.
     """
-    nkinds = kinds.ring_width.shape[0]
+    nkinds = kinds.rings.shape[0]
+    stride = kinds.ring_stride[0]
     of_kind = scratch.of_kind
     for position in range(start, order.shape[0]):
         i = order[position]
@@ -124,8 +126,16 @@ def count_batch(
                 if read:
                     out[i, f] = value
                 continue
-            base = entities.ring_at[entity] + features.ring_offset[f]
+            ring = entity * stride + features.ring_index[f]
+            base = entities.ring_at[ring]
             slots, res = features.slots[f], features.resolution[f]
+            if base < 0:  # no event of the entity counted in this feature yet
+                if not counts:
+                    if read:
+                        out[i, f] = _empty_value(agg)
+                    continue
+                base = take_ring(entities, f, slots)
+                entities.ring_at[ring] = base
             if counts:
                 _add(entities, pool, features, caps, f, entity, base, slots, t_i, res, row_numbers, row_hashes)
             if read:
@@ -142,7 +152,7 @@ def _short_of_room(entities, kinds, pool, ids, links, nkinds) -> int:
         return NEEDS_IDS
     if table_full(c[LIVE] + nkinds, c[TOMBSTONES], entities.keys.shape[0]):
         return NEEDS_SLOTS
-    if c[RING_USED] + kinds.ring_width.sum() > entities.starts.shape[0]:
+    if c[RING_USED] + kinds.ring_reserve[0] > entities.starts.shape[0]:
         return NEEDS_RING
     if c[LAST_USED] + kinds.last_width.sum() > entities.last.shape[0]:
         return NEEDS_LAST
@@ -215,8 +225,6 @@ def _entity_of(entities, kinds, k, key, create) -> int:
         entity = c[IDS_USED]
         c[IDS_USED] += 1
         e.kind[entity] = k
-        e.ring_at[entity] = c[RING_USED]
-        c[RING_USED] += kinds.ring_width[k]
         e.last_at[entity] = c[LAST_USED]
         c[LAST_USED] += kinds.last_width[k]
         e.distinct_at[entity] = c[DISTINCT_USED]
@@ -228,9 +236,8 @@ def _entity_of(entities, kinds, k, key, create) -> int:
     e.slot_entity[slot] = entity
     e.key[entity] = key
     c[LIVE] += 1
-    ring = e.ring_at[entity]
-    e.starts[ring : ring + kinds.ring_width[k]] = -1
-    e.values[ring : ring + kinds.ring_width[k]] = 0.0
+    stride = kinds.ring_stride[0]
+    e.ring_at[entity * stride : (entity + 1) * stride] = NONE
     last = e.last_at[entity]
     e.last[last : last + kinds.last_width[k]] = -1
     d = e.distinct_at[entity]

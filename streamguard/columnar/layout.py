@@ -1,9 +1,10 @@
 """The feature declarations laid out as arrays for the kernels.
 
-Per entity kind, a row holds every feature of that kind: the ring slots of
-its count/sum/min/max/distinct features side by side (`ring_offset`), one
-number per since_last feature (`last_offset`), and per distinct feature its
-exact values (`distinct_offset`). The kernels read the declarations through
+An entity has, per count/sum/min/max/distinct feature of its kind, a ring
+of buckets (`ring_index`: which of its kind's rings), made the first time
+the feature counts an event of it; one number per since_last feature
+(`last_offset`); and per distinct feature its exact values
+(`distinct_offset`). The kernels read the declarations through
 the `FeatureArrays` tuple: one array per attribute, indexed by feature.
 """
 
@@ -30,7 +31,7 @@ class FeatureArrays(NamedTuple):
     resolution: np.ndarray  # ms
     window_buckets: np.ndarray
     slots: np.ndarray  # ring slots: window plus lateness
-    ring_offset: np.ndarray  # first ring slot in the kind's row (-1: since_last)
+    ring_index: np.ndarray  # which of the kind's rings is the feature's (-1: since_last)
     last_offset: np.ndarray  # since_last: its column in the kind's `last` (-1 otherwise)
     distinct_offset: np.ndarray  # distinct: its index among the kind's distinct features (-1 otherwise)
     counted_types: np.ndarray  # bit per event type code it counts
@@ -42,9 +43,11 @@ class FeatureArrays(NamedTuple):
 
 
 class KindArrays(NamedTuple):
-    """Per entity kind: the size of an entity's chunk in each arena, and the event types that count in it."""
+    """Per entity kind: its rings, the size of an entity's chunk in the other arenas, the event types counted."""
 
-    ring_width: np.ndarray
+    rings: np.ndarray  # ring features of the kind
+    ring_stride: np.ndarray  # [1]: ring features of the kind that has most (an entity's row of ring offsets)
+    ring_reserve: np.ndarray  # [1]: ring slots an event may take at most (every ring feature's, made at once)
     last_width: np.ndarray
     distinct_width: np.ndarray
     counted_types: np.ndarray  # bit per event type code some feature of the kind counts
@@ -82,7 +85,7 @@ class Layout:
                 self.hash_columns.append("device_id")
                 self.column_kinds.append(EntityKind("device_id"))
             self.device_column = self.hash_columns.index("device_id")
-        self.ring_width = [0] * len(self.kinds)
+        self.rings = [0] * len(self.kinds)
         self.last_width = [0] * len(self.kinds)
         self.distinct_width = [0] * len(self.kinds)
         self.arrays = self._arrays(read)
@@ -97,7 +100,9 @@ class Layout:
         self.index = {s.name: f for f, s in enumerate(specs)}
         per_kind = [self.features_of(k) for k in range(len(self.kinds))]
         self.kind_arrays = KindArrays(
-            ring_width=np.array(self.ring_width, np.int64),
+            rings=np.array(self.rings, np.int64),
+            ring_stride=np.array([max(self.rings, default=0)], np.int64),
+            ring_reserve=np.array([sum(s.slots(lateness_ms) for s in specs)], np.int64),
             last_width=np.array(self.last_width, np.int64),
             distinct_width=np.array(self.distinct_width, np.int64),
             counted_types=np.array([np.bitwise_or.reduce(self.arrays.counted_types[fs]) for fs in per_kind], np.int64),
@@ -115,7 +120,7 @@ class Layout:
             if aggregate == SINCE_LAST:
                 last, self.last_width[k] = self.last_width[k], self.last_width[k] + 1
             else:
-                ring, self.ring_width[k] = self.ring_width[k], self.ring_width[k] + spec.slots(self.lateness_ms)
+                ring, self.rings[k] = self.rings[k], self.rings[k] + 1
             if aggregate == DISTINCT:
                 distinct, self.distinct_width[k] = self.distinct_width[k], self.distinct_width[k] + 1
             read_types = sum(
@@ -127,7 +132,7 @@ class Layout:
                 "resolution": spec.resolution_ms,
                 "window_buckets": spec.window_ms // spec.resolution_ms,
                 "slots": spec.slots(self.lateness_ms),
-                "ring_offset": ring,
+                "ring_index": ring,
                 "last_offset": last,
                 "distinct_offset": distinct,
                 "counted_types": sum(1 << TYPE_CODE[t] for t in spec.events),

@@ -1,7 +1,8 @@
 """Entities to bytes and back: what a changelog record, a snapshot or an abort's reload carries.
 
-An entity packs to int64 words: its key and kind, its ring slots that hold a
-bucket (position in the chunk, bucket, value), its since_last times, and per
+An entity packs to int64 words: its key and kind, its rings that were made
+(the feature, then each slot that holds a bucket: slot, bucket, value), its
+since_last times, and per
 distinct feature its mode and exact values with their slot masks (from the
 entity's chunk or its pool block), or its HyperLogLog registers for the ring
 slots that hold a bucket. Young and sparse entities (most of them) pack to a
@@ -13,9 +14,21 @@ from __future__ import annotations
 import numpy as np
 from numba import uint64
 
-from streamguard.columnar.count import _entity_of
+from streamguard.columnar.count import ROOM_OK, _entity_of, _short_of_room
 from streamguard.columnar.jit import kernel
-from streamguard.columnar.tables import BLOCK, INLINE, MODE, MODE_HLL, MODE_INLINE, MODE_POOL, NONE, USED, find_slot
+from streamguard.columnar.tables import (
+    BLOCK,
+    INLINE,
+    MODE,
+    MODE_HLL,
+    MODE_INLINE,
+    MODE_POOL,
+    NONE,
+    USED,
+    find_slot,
+    free_ring,
+    take_ring,
+)
 from streamguard.kernels.window import HLL_REGISTERS
 
 HLL_WORDS = HLL_REGISTERS // 8
@@ -35,16 +48,26 @@ def pack_entities(entities, pool, features, kinds, ids, out, ends) -> int:
         out[w] = np.int64(e.key[entity])
         out[w + 1] = k
         w += 2
-        ring = e.ring_at[entity]
-        head = w
+        stride = kinds.ring_stride[0]
+        rings = w  # how many rings follow: counted as they are written
+        out[rings] = 0
         w += 1
-        for s in range(kinds.ring_width[k]):
-            if e.starts[ring + s] >= 0:
-                out[w] = s
-                out[w + 1] = e.starts[ring + s]
-                out[w + 2] = bits[ring + s]
-                w += 3
-        out[head] = (w - head - 1) // 3
+        for q in range(kinds.first[k], kinds.first[k + 1]):
+            f = kinds.features[q]
+            if features.ring_index[f] < 0 or e.ring_at[entity * stride + features.ring_index[f]] < 0:
+                continue
+            ring = e.ring_at[entity * stride + features.ring_index[f]]
+            out[w] = f
+            head = w + 1
+            w += 2
+            for s in range(features.slots[f]):
+                if e.starts[ring + s] >= 0:
+                    out[w] = s
+                    out[w + 1] = e.starts[ring + s]
+                    out[w + 2] = bits[ring + s]
+                    w += 3
+            out[head] = (w - head - 1) // 3
+            out[rings] += 1
         last = e.last_at[entity]
         for s in range(kinds.last_width[k]):
             out[w] = e.last[last + s]
@@ -52,16 +75,18 @@ def pack_entities(entities, pool, features, kinds, ids, out, ends) -> int:
         for q in range(kinds.first[k], kinds.first[k + 1]):
             f = kinds.features[q]
             if features.distinct_offset[f] >= 0:
-                w = _pack_distinct(e, pool, features, f, entity, out, w)
+                w = _pack_distinct(e, pool, features, kinds, f, entity, out, w)
         ends[j] = w
     return w
 
 
 @kernel
 def _words_at_most(e, features, kinds, k, entity) -> int:
-    n = 3 + 3 * kinds.ring_width[k] + kinds.last_width[k]
+    n = 3 + kinds.last_width[k]
     for q in range(kinds.first[k], kinds.first[k + 1]):
         f = kinds.features[q]
+        if features.ring_index[f] >= 0:
+            n += 2 + 3 * features.slots[f]
         if features.distinct_offset[f] >= 0:
             d = e.distinct_at[entity] + features.distinct_offset[f]
             n += 3 + (
@@ -73,14 +98,14 @@ def _words_at_most(e, features, kinds, k, entity) -> int:
 
 
 @kernel
-def _pack_distinct(e, pool, features, f, entity, out, w) -> int:
+def _pack_distinct(e, pool, features, kinds, f, entity, out, w) -> int:
     d = e.distinct_at[entity] + features.distinct_offset[f]
     mode, used, block = e.distinct[3 * d + MODE], e.distinct[3 * d + USED], e.distinct[3 * d + BLOCK]
     out[w] = mode
     out[w + 1] = used
     w += 2
     if mode == MODE_HLL:
-        ring = e.ring_at[entity] + features.ring_offset[f]
+        ring = e.ring_at[entity * kinds.ring_stride[0] + features.ring_index[f]]
         head = w
         w += 1
         for s in range(features.slots[f]):
@@ -104,30 +129,37 @@ def _pack_distinct(e, pool, features, f, entity, out, w) -> int:
 
 
 @kernel
-def unpack_entities(entities, pool, features, kinds, words, start, end) -> int:
+def unpack_entities(entities, pool, ids, links, features, kinds, words, start, end, room) -> int:
     """Make (or overwrite) the entities packed in `words[start:end]`; where it stopped (before one it lacks room for).
 
-    The caller grows what is short (`ColumnarState._make_room`) and calls again from there.
+    Then `room[0]` says what is short: the caller grows it (`ColumnarState.make_room`) and calls again from there.
     """
     bits = entities.values.view(np.int64)
     w = start
     while w < end:
         key = uint64(words[w])
         k = words[w + 1]
-        if not _room_for_one(entities, kinds, pool, k):
+        short = _short_of_room(entities, kinds, pool, ids, links, 1)
+        if short != ROOM_OK:
+            room[0] = short
             return w
         slot = find_slot(entities.keys, key)
         entity = entities.slot_entity[slot] if slot >= 0 else _entity_of(entities, kinds, k, key, True)
         if slot >= 0:
             _clear_entity(entities, pool, features, kinds, k, entity)
         w += 2
-        ring = entities.ring_at[entity]
-        held = words[w]
+        stride = kinds.ring_stride[0]
+        rings = words[w]
         w += 1
-        for _ in range(held):
-            entities.starts[ring + words[w]] = words[w + 1]
-            bits[ring + words[w]] = words[w + 2]
-            w += 3
+        for _ in range(rings):
+            f, held = words[w], words[w + 1]
+            w += 2
+            ring = take_ring(entities, f, features.slots[f])
+            entities.ring_at[entity * stride + features.ring_index[f]] = ring
+            for _ in range(held):
+                entities.starts[ring + words[w]] = words[w + 1]
+                bits[ring + words[w]] = words[w + 2]
+                w += 3
         last = entities.last_at[entity]
         for s in range(kinds.last_width[k]):
             entities.last[last + s] = words[w]
@@ -140,24 +172,12 @@ def unpack_entities(entities, pool, features, kinds, words, start, end) -> int:
 
 
 @kernel
-def _room_for_one(e, kinds, pool, k) -> bool:
-    c = e.counters
-    return (
-        c[2] + 1 <= e.key.shape[0]
-        and (c[0] + c[1] + 2) <= 0.6 * e.keys.shape[0]
-        and c[3] + kinds.ring_width[k] <= e.starts.shape[0]
-        and c[4] + kinds.last_width[k] <= e.last.shape[0]
-        and 3 * (c[5] + kinds.distinct_width[k]) <= e.distinct.shape[0]
-        and pool.counters[1] + pool.hashes.shape[0] - pool.counters[0] >= kinds.distinct_width[k]
-        and pool.counters[3] + pool.registers.shape[0] - pool.counters[2] >= kinds.distinct_width[k]
-    )
-
-
-@kernel
 def _clear_entity(e, pool, features, kinds, k, entity) -> None:
-    """Empty an entity's windows (what is packed replaces them), giving its pool blocks back."""
+    """Empty an entity's windows (what is packed replaces them), giving its rings and pool blocks back."""
     for q in range(kinds.first[k], kinds.first[k + 1]):
         f = kinds.features[q]
+        if features.ring_index[f] >= 0:
+            free_ring(e, f, entity * kinds.ring_stride[0] + features.ring_index[f])
         d = features.distinct_offset[f]
         if d >= 0:
             at = 3 * (e.distinct_at[entity] + d)
@@ -167,9 +187,6 @@ def _clear_entity(e, pool, features, kinds, k, entity) -> None:
             elif e.distinct[at + MODE] == MODE_HLL:
                 pool.registers_free[pool.counters[3]] = e.distinct[at + BLOCK]
                 pool.counters[3] += 1
-    ring = e.ring_at[entity]
-    e.starts[ring : ring + kinds.ring_width[k]] = -1
-    e.values[ring : ring + kinds.ring_width[k]] = 0.0
     last = e.last_at[entity]
     e.last[last : last + kinds.last_width[k]] = -1
     d = e.distinct_at[entity]

@@ -33,10 +33,11 @@ from streamguard.columnar.tables import (
 )
 
 FINGERPRINT_MEMORY_MS = 24 * 3_600_000  # a device's fingerprint is remembered this long after its last report
-EXPIRE_ROWS = 2_000
+EXPIRE_ROWS = 2_000  # entities (or memo slots) an `expire` call looks at
 # Entities the arrays have room for before they grow (a copy). Memory is committed as entities come:
 # this reserves address space (some GiB), not memory.
-RESERVED_ENTITIES = 1 << 20  # rows (or memo slots) an `expire` call looks at per table
+RESERVED_ENTITIES = 1 << 20
+RING_SLOTS_PER_ENTITY = 32  # reserved on average: most entities have a ring or two
 
 
 @dataclass
@@ -65,8 +66,8 @@ class ColumnarState:
         kinds = layout.kind_arrays
         ids = self.reserved
         self.entities = new_entities(
-            ids, len(layout.kinds), ids * int(kinds.ring_width.mean()), ids * int(max(1, kinds.last_width.mean())),
-            ids * int(max(1, kinds.distinct_width.mean())),
+            ids, len(layout.kinds), len(layout.specs), int(kinds.ring_stride[0]), ids * RING_SLOTS_PER_ENTITY,
+            ids * int(max(1, kinds.last_width.mean())), ids * int(max(1, kinds.distinct_width.mean())),
         )  # fmt: skip
         block = max([s.distinct_cap for s in layout.specs if s.aggregate == "distinct"] + [1])
         self.pool = new_pool(128, block, 128)
@@ -102,13 +103,14 @@ class ColumnarState:
             )  # fmt: skip
             if position >= n:
                 break
-            self._make_room(int(room[0]))
+            self.make_room(int(room[0]))
             result.grown += 1
         if n:
             self.newest_ts = max(self.newest_ts, int(ts.max()))
         return result
 
-    def _make_room(self, short: int) -> None:
+    def make_room(self, short: int) -> None:
+        """Grow what a kernel said it was short of (`count.NEEDS_...`)."""
         e = self.entities
         if short == kernel.NEEDS_IDS:
             self.entities = grown_ids(e)
@@ -129,28 +131,13 @@ class ColumnarState:
         else:
             raise AssertionError(f"the count kernel stopped for want of {short}")
 
-    def grow_all(self) -> None:
-        """Make room in everything that is more than half used (before loading packed entities)."""
-        e, c = self.entities, self.entities.counters
-        if 2 * c[2] >= e.key.shape[0]:
-            self.entities = e = grown_ids(e)
-        for arena, used, size in (("ring", c[3], e.starts.shape[0]), ("last", c[4], e.last.shape[0]),
-                                  ("distinct", 3 * c[5], e.distinct.shape[0])):  # fmt: skip
-            if 2 * used >= size:
-                self.entities = e = grown_arena(e, arena)
-        p = self.pool.counters
-        if 2 * (p[0] - p[1]) >= self.pool.hashes.shape[0]:
-            self.pool = grown_pool(self.pool, blocks=True)
-        if 2 * (p[2] - p[3]) >= self.pool.registers.shape[0]:
-            self.pool = grown_pool(self.pool, blocks=False)
-
     def expire(self) -> np.ndarray:
         """Free a bounded number of entities, event ids and fingerprints past use; the freed entities' keys."""
         watermark, kinds = self.newest_ts, self.layout.kind_arrays
         gone = np.empty(EXPIRE_ROWS, np.uint64)
         self.cursor, n = expire_entities(
-            self.entities, self.pool, self.layout.arrays, kinds.features, kinds.first, self.cursor, EXPIRE_ROWS,
-            watermark, gone,
+            self.entities, self.pool, self.layout.arrays, kinds.features, kinds.first, int(kinds.ring_stride[0]),
+            self.cursor, EXPIRE_ROWS, watermark, gone,
         )  # fmt: skip
         self.id_cursor = expire_memo(self.ids, self.id_cursor, EXPIRE_ROWS, watermark - self.dedup_retention_ms)
         self.link_cursor = expire_memo(self.links, self.link_cursor, EXPIRE_ROWS, watermark - FINGERPRINT_MEMORY_MS)
@@ -173,7 +160,8 @@ class ColumnarState:
     def nbytes(self) -> int:
         """The bytes of state in use (the arrays reserve more address space than that: see `lazy_zeros`)."""
         e, c, p = self.entities, self.entities.counters, self.pool
-        per_id = sum(a.itemsize for a in (e.key, e.kind, e.ring_at, e.last_at, e.distinct_at, e.next_free, e.dirty))
+        stride = int(self.layout.kind_arrays.ring_stride[0])
+        per_id = sum(a.itemsize for a in (e.key, e.kind, e.last_at, e.distinct_at, e.next_free, e.dirty)) + 8 * stride
         arenas = 16 * c[3] + 8 * c[4] + (3 * 8 + 2 * 8 * INLINE) * c[5]
         pool = p.hashes[0].nbytes * 2 * p.counters[0] + p.registers[0].nbytes * p.counters[2]
         tables = e.keys.nbytes + e.slot_entity.nbytes + sum(a.nbytes for a in (*self.ids[:3], *self.links[:3]))
@@ -194,9 +182,9 @@ def packed(state: ColumnarState, ids: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 def load(state: ColumnarState, words: np.ndarray) -> None:
     """Make (or replace) the entities packed in `words`."""
-    position = 0
+    position, room = 0, np.zeros(1, np.int64)
     while position < words.shape[0]:
-        position = pack.unpack_entities(state.entities, state.pool, state.layout.arrays, state.layout.kind_arrays,
-                                        words, position, words.shape[0])  # fmt: skip
+        position = pack.unpack_entities(state.entities, state.pool, state.ids, state.links, state.layout.arrays,
+                                        state.layout.kind_arrays, words, position, words.shape[0], room)  # fmt: skip
         if position < words.shape[0]:
-            state.grow_all()
+            state.make_room(int(room[0]))

@@ -1,15 +1,17 @@
 """Columnar state: one hash table from keyed hash to entity, and the entities' windows in flat arrays.
 
-Every entity, whatever its kind, has an id (a row of the per-entity arrays)
-and, in each arena, a chunk of the size its kind needs (see `layout`): the
-ring slots of its count/sum/min/max/distinct features side by side, one
-number per since_last feature, and per distinct feature its exact values.
+Every entity, whatever its kind, has an id (a row of the per-entity arrays),
+a ring of buckets per count/sum/min/max/distinct feature of its kind that
+has counted one of its events (most never do: a chunk of the ring arena is
+taken the first time), and a chunk of the size its kind needs in the other
+arenas (see `layout`): one number per since_last feature, and per distinct
+feature its exact values.
 Distinct counts keep `INLINE` exact values in the entity's chunk; past that,
 a block of the pool (up to the feature's `distinct_cap` values); past the
 cap, one HyperLogLog per ring slot from the registers, seeded with the exact
 values. An expired entity's id, with its chunks, goes to its kind's free
-list for the next entity of that kind; its pool blocks and registers are
-freed. The keyed hashes of different kinds are made with different keys, so
+list for the next entity of that kind; its rings go to their feature's free
+list, its pool blocks and registers are freed. The keyed hashes of different kinds are made with different keys, so
 one table holds them all.
 
 The kernels never allocate: a batch's kernel stops before an event it has no
@@ -31,7 +33,7 @@ from streamguard.columnar.jit import inline, kernel
 from streamguard.features.spec import MAX_SLOTS
 from streamguard.kernels.window import HLL_REGISTERS
 
-INLINE = 16  # exact distinct values an entity keeps per feature before it takes a pool block
+INLINE = 8  # exact distinct values an entity keeps per feature before it takes a pool block
 MAX_LOAD = 0.6  # of a table's slots holding a key or a tombstone, before it is grown
 NONE = -1
 MODE_INLINE, MODE_POOL, MODE_HLL = 0, 1, 2
@@ -46,13 +48,14 @@ class Entities(NamedTuple):
     slot_entity: np.ndarray  # int64[slots]
     key: np.ndarray  # uint64[ids]: ABSENT for a free id
     kind: np.ndarray  # int64[ids]
-    ring_at: np.ndarray  # int64[ids]: the entity's chunk in `starts`/`values`
+    ring_at: np.ndarray  # int64[ids x ring stride]: each of the entity's rings in `starts`/`values` (NONE: not made)
     last_at: np.ndarray  # int64[ids]: ... in `last`
     distinct_at: np.ndarray  # int64[ids]: ... in `distinct` (3 per feature) and `hashes`/`masks` (INLINE per feature)
     next_free: np.ndarray  # int64[ids]: the next free id of the same kind
     is_dirty: np.ndarray  # bool[ids]
     dirty: np.ndarray  # int64[ids]: the ids changed since `take_dirty`
     free_head: np.ndarray  # int64[kinds]: each kind's first free id (NONE)
+    ring_free: np.ndarray  # int64[features]: each feature's first free ring (NONE); a free ring's first slot: the next
     starts: np.ndarray  # int64[ring arena]: the bucket each ring slot holds (-1: none)
     values: np.ndarray  # float64[ring arena]
     last: np.ndarray  # int64[last arena]: newest ts counted (-1: none)
@@ -94,7 +97,9 @@ def lazy_zeros(size: int, dtype: type) -> np.ndarray:
     return np.frombuffer(mmap.mmap(-1, nbytes), dtype, max(1, size))
 
 
-def new_entities(ids: int, kinds: int, ring: int, last: int, distinct: int) -> Entities:
+def new_entities(
+    ids: int, kinds: int, features: int, ring_stride: int, ring: int, last: int, distinct: int
+) -> Entities:
     """Room for `ids` entities and arenas of the sizes given.
 
     Arrays the kernel initialises itself (an entity's chunks, when it is
@@ -107,13 +112,14 @@ def new_entities(ids: int, kinds: int, ring: int, last: int, distinct: int) -> E
         slot_entity=np.zeros(slots, np.int64),
         key=np.zeros(ids, np.uint64),
         kind=np.zeros(ids, np.int64),
-        ring_at=np.zeros(ids, np.int64),
+        ring_at=lazy_zeros(ids * max(1, ring_stride), np.int64),
         last_at=np.zeros(ids, np.int64),
         distinct_at=np.zeros(ids, np.int64),
         next_free=np.full(ids, NONE, np.int64),
         is_dirty=np.zeros(ids, np.bool_),
         dirty=np.zeros(ids, np.int64),
         free_head=np.full(kinds, NONE, np.int64),
+        ring_free=np.full(max(1, features), NONE, np.int64),
         starts=lazy_zeros(ring, np.int64),
         values=lazy_zeros(ring, np.float64),
         last=lazy_zeros(last, np.int64),
@@ -259,7 +265,7 @@ def table_full(live: int, tombstones: int, slots: int) -> bool:
 
 
 @kernel
-def expire_entities(entities, pool, features, kind_features, kind_first, cursor, limit, watermark, gone):  # fmt: skip
+def expire_entities(entities, pool, features, kind_features, kind_first, stride, cursor, limit, watermark, gone):
     """Free up to `limit` entities from id `cursor` on whose every window is past use; (next cursor, freed).
 
     A window is past use when its newest data is further behind `watermark`
@@ -274,7 +280,7 @@ def expire_entities(entities, pool, features, kind_features, kind_first, cursor,
         key = e.key[entity]
         kind = e.kind[entity]
         fs = kind_features[kind_first[kind] : kind_first[kind + 1]]
-        if key <= uint64(DELETED) or _in_use(e, features, fs, entity, watermark):
+        if key <= uint64(DELETED) or _in_use(e, features, fs, entity, stride, watermark):
             continue
         e.keys[find_slot(e.keys, key)] = uint64(DELETED)
         c[TOMBSTONES] += 1
@@ -286,18 +292,22 @@ def expire_entities(entities, pool, features, kind_features, kind_first, cursor,
             d = features.distinct_offset[f]
             if d >= 0:
                 _release(pool, e.distinct, 3 * (e.distinct_at[entity] + d))
+            if features.ring_index[f] >= 0:
+                free_ring(e, f, entity * stride + features.ring_index[f])
         gone[n] = key
         n += 1
     return (0 if end >= c[IDS_USED] else end), n
 
 
 @inline
-def _in_use(e, features, fs, entity, watermark) -> bool:
+def _in_use(e, features, fs, entity, stride, watermark) -> bool:
     for f in fs:
         if features.last_offset[f] >= 0:
             newest = e.last[e.last_at[entity] + features.last_offset[f]]
         else:
-            base = e.ring_at[entity] + features.ring_offset[f]
+            base = e.ring_at[entity * stride + features.ring_index[f]]
+            if base < 0:
+                continue
             bucket = -1
             for s in range(base, base + features.slots[f]):
                 bucket = max(bucket, e.starts[s])
@@ -305,6 +315,31 @@ def _in_use(e, features, fs, entity, watermark) -> bool:
         if newest >= 0 and newest >= watermark - features.lifetime[f]:
             return True
     return False
+
+
+@inline
+def take_ring(e, f, slots) -> int:
+    """A ring for feature `f` (reused from its free list, or new), every slot empty."""
+    at = e.ring_free[f]
+    if at != NONE:
+        e.ring_free[f] = e.starts[at]
+    else:
+        at = e.counters[RING_USED]
+        e.counters[RING_USED] += slots
+    for s in range(at, at + slots):
+        e.starts[s] = -1
+        e.values[s] = 0.0
+    return at
+
+
+@inline
+def free_ring(e, f, index) -> None:
+    """Give the ring at `ring_at[index]` (if made) back to feature `f`'s free list."""
+    at = e.ring_at[index]
+    if at != NONE:
+        e.starts[at] = e.ring_free[f]
+        e.ring_free[f] = at
+        e.ring_at[index] = NONE
 
 
 @inline
