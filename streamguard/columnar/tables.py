@@ -282,21 +282,41 @@ def expire_entities(entities, pool, features, kind_features, kind_first, stride,
         fs = kind_features[kind_first[kind] : kind_first[kind + 1]]
         if key <= uint64(DELETED) or _in_use(e, features, fs, entity, stride, watermark):
             continue
-        e.keys[find_slot(e.keys, key)] = uint64(DELETED)
-        c[TOMBSTONES] += 1
-        c[LIVE] -= 1
-        e.key[entity] = uint64(ABSENT)
-        e.next_free[entity] = e.free_head[kind]
-        e.free_head[kind] = entity
-        for f in fs:
-            d = features.distinct_offset[f]
-            if d >= 0:
-                _release(pool, e.distinct, 3 * (e.distinct_at[entity] + d))
-            if features.ring_index[f] >= 0:
-                free_ring(e, f, entity * stride + features.ring_index[f])
+        free_entity(e, pool, features, fs, stride, entity)
         gone[n] = key
         n += 1
     return (0 if end >= c[IDS_USED] else end), n
+
+
+@kernel
+def forget_entities(entities, pool, features, kind_features, kind_first, stride, keys) -> None:
+    """Free the entities of `keys` (those that exist): what a changelog record says expired."""
+    e = entities
+    for j in range(keys.shape[0]):
+        slot = find_slot(e.keys, keys[j])
+        if slot >= 0:
+            entity = e.slot_entity[slot]
+            kind = e.kind[entity]
+            free_entity(e, pool, features, kind_features[kind_first[kind] : kind_first[kind + 1]], stride, entity)
+
+
+@inline
+def free_entity(e, pool, features, fs, stride, entity) -> None:
+    """Take the entity out of the table; its id goes to its kind's free list, its rings and blocks to theirs."""
+    c = e.counters
+    e.keys[find_slot(e.keys, e.key[entity])] = uint64(DELETED)
+    c[TOMBSTONES] += 1
+    c[LIVE] -= 1
+    e.key[entity] = uint64(ABSENT)
+    kind = e.kind[entity]
+    e.next_free[entity] = e.free_head[kind]
+    e.free_head[kind] = entity
+    for f in fs:
+        d = features.distinct_offset[f]
+        if d >= 0:
+            _release(pool, e.distinct, 3 * (e.distinct_at[entity] + d))
+        if features.ring_index[f] >= 0:
+            free_ring(e, f, entity * stride + features.ring_index[f])
 
 
 @inline

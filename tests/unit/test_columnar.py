@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from rocksdict import Cache
 
+from streamguard.columnar.changes import LayoutMismatch, apply_changes, take_changes
 from streamguard.columnar.columns import columns_of
 from streamguard.columnar.hashing import ColumnHashes, hash_column, hash_one
 from streamguard.columnar.layout import Layout
@@ -252,3 +253,37 @@ def test_entities_packed_and_loaded_into_fresh_state_count_on_alike():
         got, _ = _count(copy, layout, batch)
         np.testing.assert_array_equal(got, expected)
     assert original.pool.counters[2] > 0 and original.pool.counters[0] > 0  # both tiers were carried
+
+
+def test_a_replica_fed_each_batchs_change_records_holds_the_same_state():
+    """The records of every batch, applied in order, rebuild the state: what changed, and what expired."""
+    specs = _specs()
+    layout = Layout(specs, LATENESS, None)
+    primary, replica = ColumnarState(layout, 3_600_000), ColumnarState(layout, 3_600_000, reserved=64)
+    rng, expired_in_all = random.Random(11), 0
+    stream = sorted(_stream(2000, seed=12, disorder_ms=240_000), key=lambda e: e.ts)
+    for day, shift in enumerate((0, 30 * 3_600_000)):  # a second day: the first day's entities expire
+        batch_events = [msgspec.structs.replace(e, event_id=f"{e.event_id}-{day}", ts=e.ts + shift) for e in stream]
+        for batch in _batches(batch_events, seed=13 + day):
+            _count(primary, layout, batch)
+            expired = np.concatenate(
+                [primary.expire() for _ in range(rng.choice([0, 1, 3]))] or [np.empty(0, np.uint64)]
+            )
+            expired_in_all += expired.size
+            for record in take_changes(primary, expired, shards=6).values():
+                apply_changes(replica, record)
+            assert replica.entity_counts() == primary.entity_counts()
+    assert expired_in_all > 50
+    probe = sorted(_stream(300, seed=14, disorder_ms=240_000), key=lambda e: e.ts)
+    probe = [msgspec.structs.replace(e, event_id=f"p{e.event_id}", ts=e.ts + 30 * 3_600_000 + 60_000) for e in probe]
+    np.testing.assert_array_equal(_count(replica, layout, probe)[0], _count(primary, layout, probe)[0])
+
+
+def test_a_record_of_another_layout_is_refused():
+    specs = _specs()
+    state = ColumnarState(Layout(specs, LATENESS, None), 3_600_000)
+    other = ColumnarState(Layout(specs[:-1], LATENESS, None), 3_600_000)
+    _count(other, other.layout, _stream(20, seed=15, disorder_ms=1000))
+    (record, *_) = take_changes(other, np.empty(0, np.uint64), shards=1).values()
+    with pytest.raises(LayoutMismatch, match="another layout"):
+        apply_changes(state, record)

@@ -1,0 +1,72 @@
+"""A transaction's state changes, per shard, as the bytes of one record: what the changelog will carry.
+
+A record holds the entities the transaction changed, packed (`pack`), and
+the keys of those it expired. It starts with the layout's fingerprint:
+applied to state of another layout (a feature added or changed, another
+hash or packing), it is refused with a clear error, never mixed in.
+Event ids and device fingerprints are not in it yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Final
+
+import numpy as np
+
+from streamguard.columnar.hashing import DELETED, LAYOUT_VERSION
+from streamguard.columnar.layout import Layout
+from streamguard.columnar.pack import shard_of_keys
+from streamguard.columnar.state import ColumnarState, load, packed
+from streamguard.columnar.tables import INLINE, forget_entities
+from streamguard.errors import StreamguardError
+
+HEADER_WORDS: Final = 3  # layout fingerprint, entities, expired keys
+
+
+class LayoutMismatch(StreamguardError):
+    """A record of state made under another layout."""
+
+
+def layout_fingerprint(layout: Layout) -> int:
+    """Changes whenever what state means or how it is packed changes."""
+    shape = b"|".join(
+        [LAYOUT_VERSION, str(INLINE).encode(), str(layout.lateness_ms).encode()]
+        + [bytes.fromhex(spec.state_id) for spec in layout.specs]
+    )
+    return int.from_bytes(hashlib.blake2b(shape, digest_size=8).digest(), "little", signed=True)
+
+
+def take_changes(state: ColumnarState, expired: np.ndarray, shards: int) -> dict[int, bytes]:
+    """Per shard, the record of what changed since the last call (`expired`: the keys `expire` freed meanwhile)."""
+    ids = state.take_changed()
+    ids = ids[state.entities.key[ids] > DELETED]  # changed, then expired: in `expired`
+    words, ends = packed(state, ids)
+    starts = np.concatenate([[0], ends[:-1]]) if ids.size else ends
+    entity_shards = shard_of_keys(state.entities.key[ids], shards)
+    expired_shards = shard_of_keys(expired, shards)
+    fingerprint = layout_fingerprint(state.layout)
+    records = {}
+    for shard in np.union1d(entity_shards, expired_shards).tolist():
+        mine = np.flatnonzero(entity_shards == shard)
+        gone = expired[expired_shards == shard]
+        body = [words[starts[j] : ends[j]] for j in mine.tolist()]
+        header = np.array([fingerprint, mine.size, gone.size], np.int64)
+        records[shard] = b"".join([header.tobytes(), gone.tobytes(), *(part.tobytes() for part in body)])
+    return records
+
+
+def apply_changes(state: ColumnarState, record: bytes) -> None:
+    """Apply one record of `take_changes` to `state` (a restore, or a replica)."""
+    words = np.frombuffer(record, np.int64)
+    fingerprint, _, expired = (int(x) for x in words[:HEADER_WORDS])
+    if fingerprint != layout_fingerprint(state.layout):
+        raise LayoutMismatch(
+            "a state record was made under another layout of features or state; this state must be rebuilt from "
+            "scratch (the features or the packing changed)"
+        )
+    gone = words[HEADER_WORDS : HEADER_WORDS + expired].view(np.uint64)
+    kinds = state.layout.kind_arrays
+    forget_entities(state.entities, state.pool, state.layout.arrays, kinds.features, kinds.first,
+                    int(kinds.ring_stride[0]), gone)  # fmt: skip
+    load(state, words[HEADER_WORDS + expired :].copy())
