@@ -18,11 +18,12 @@ import argparse
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
+from streamguard import kafka_config
+from streamguard.settings import Settings
 from streamguard.topics.names import TopicNames
 from streamguard.topics.spec import load_specs
 
@@ -41,8 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     names = TopicNames.resolve(load_specs(args.prefix, args.app_id), args.prefix, args.app_id)
     verdict_topic = {names.inputs[kind]: topic for kind, topic in names.verdicts.items()}
-    consumer = Consumer(_consumer_config(args.bootstrap, args.app_id))
-    producer = Producer(_producer_config(args.bootstrap, args.app_id))
+    settings = Settings(bootstrap=args.bootstrap, app_id=args.app_id)
+    consumer = Consumer(kafka_config.floor_consumer(settings))
+    producer = Producer(kafka_config.floor_producer(settings))
     producer.init_transactions(TXN_TIMEOUT_S)
     consumer.subscribe(list(names.inputs.values()))
     while not stopping:
@@ -76,31 +78,6 @@ def _next_offsets(batch: list[Message]) -> list[TopicPartition]:
         key = (message.topic() or "", message.partition() or 0)
         last[key] = max(last.get(key, -1), message.offset() or 0)
     return [TopicPartition(topic, partition, offset + 1) for (topic, partition), offset in last.items()]
-
-
-def _consumer_config(bootstrap: str, app_id: str) -> dict[str, Any]:
-    # As the worker's engine reads: see Engine._consumer_config.
-    return {
-        "bootstrap.servers": bootstrap,
-        "group.id": app_id,
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
-        "isolation.level": "read_committed",
-        "fetch.wait.max.ms": 10,
-    }
-
-
-def _producer_config(bootstrap: str, app_id: str) -> dict[str, Any]:
-    # As the worker's engine writes: see Engine._producer_config.
-    return {
-        "bootstrap.servers": bootstrap,
-        "transactional.id": f"{app_id}-floor",
-        "transaction.timeout.ms": 10_000,
-        "linger.ms": 1,
-        "retry.backoff.ms": 2,
-        "retry.backoff.max.ms": 100,
-        "partitioner": "murmur2_random",
-    }
 
 
 if __name__ == "__main__":

@@ -19,9 +19,11 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from streamguard import kafka_config
 from streamguard.bench.traffic import flush, producer
 from streamguard.demo.traffic import DemoTraffic
 from streamguard.errors import StreamguardError
+from streamguard.settings import Settings
 
 READ_BATCH = 10_000
 
@@ -43,18 +45,11 @@ class LatencyLevel:
 class VerdictClock:
     """A thread that reads the verdict topics from their current end and notes when each verdict arrived."""
 
-    def __init__(self, bootstrap: str, topics: list[str], group: str) -> None:
+    def __init__(self, settings: Settings, topics: list[str], group: str) -> None:
         self.arrived: dict[bytes, float] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": group,
-                "isolation.level": "read_committed",
-                "enable.auto.commit": False,
-            }
-        )
+        self._consumer = Consumer(kafka_config.bench_clock(settings, group))
         self._consumer.assign(_end_offsets(self._consumer, topics))
         self._thread = threading.Thread(target=self._read, name="verdict-clock", daemon=True)
         self._thread.start()
@@ -168,11 +163,11 @@ def percentile(ordered: list[float], q: float) -> float:
 
 
 def sender(
-    bootstrap: str, prefix: str, traffic: DemoTraffic, observe: Callable[[dict[str, Any]], int]
+    settings: Settings, prefix: str, traffic: DemoTraffic, observe: Callable[[dict[str, Any]], int]
 ) -> tuple[Callable[[int], bytes], Callable[[], None]]:
     """`send(ts_ms)` for `measure`, and the `done()` that flushes it; `observe` sees every event sent."""
     failures: list[KafkaError] = []
-    client = producer(bootstrap, failures, linger_ms=1)
+    client = producer(settings, failures, linger_ms=1)
 
     def send(ts_ms: int) -> bytes:
         message = traffic.next_message(ts_ms)

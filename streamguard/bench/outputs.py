@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, TopicPartition
 
+from streamguard import kafka_config
 from streamguard.errors import BrokerError, StreamguardError
+from streamguard.settings import Settings
 
 BATCH = 10_000
 
@@ -78,17 +80,9 @@ class Drain:
         return missing, extra
 
 
-def reader(bootstrap: str, topics: list[str], group: str) -> Consumer:
+def reader(settings: Settings, topics: list[str], group: str) -> Consumer:
     """A read_committed consumer assigned to every partition of `topics` from offset 0."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": group,
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
-    )
+    consumer = Consumer(kafka_config.bench_reader(settings, group))
     meta = consumer.list_topics(timeout=10).topics
     absent = [t for t in topics if t not in meta or meta[t].error]
     if absent:

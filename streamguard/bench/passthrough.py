@@ -20,6 +20,9 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, Producer
 
+from streamguard import kafka_config
+from streamguard.settings import Settings
+
 BATCH = 10_000
 
 
@@ -32,8 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stopping: list[bool] = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-    consumer = Consumer({"bootstrap.servers": args.bootstrap, "group.id": args.group, "auto.offset.reset": "earliest"})
-    producer = Producer({"bootstrap.servers": args.bootstrap, "linger.ms": 5, "enable.idempotence": True})
+    settings = Settings(bootstrap=args.bootstrap)
+    consumer = Consumer(kafka_config.passthrough_consumer(settings, args.group))
+    producer = Producer(kafka_config.passthrough_producer(settings))
     consumer.subscribe(args.inputs)
     while not stopping:
         _pass_batch(consumer.consume(BATCH, 0.1), producer, args.output)

@@ -18,8 +18,10 @@ from typing import Any
 import orjson
 from confluent_kafka import KafkaError, Producer
 
+from streamguard import kafka_config
 from streamguard.demo.traffic import DemoTraffic, Message
 from streamguard.errors import BrokerError
+from streamguard.settings import Settings
 
 Owed = Callable[[dict[str, Any]], int]  # how many output records a path owes an event
 
@@ -63,32 +65,23 @@ def stamped(traffic: DemoTraffic, events: int, rate: float) -> Iterator[Message]
         yield traffic.next_message(int(start_ms + i * 1000 / rate))
 
 
-def producer(bootstrap: str, failures: list[KafkaError], linger_ms: int = 5) -> Producer:
+def producer(settings: Settings, failures: list[KafkaError], linger_ms: int = 5) -> Producer:
     """An idempotent producer that appends every failed delivery to `failures`."""
 
     def on_delivery(error: KafkaError | None, _: Any) -> None:
         if error is not None:
             failures.append(error)
 
-    return Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "linger.ms": linger_ms,
-            "partitioner": "murmur2_random",
-            "enable.idempotence": True,
-            "queue.buffering.max.messages": 1_000_000,
-            "on_delivery": on_delivery,
-        }
-    )
+    return Producer(kafka_config.bench_producer(settings, linger_ms, on_delivery))
 
 
-def produce_all(bootstrap: str, prefix: str, messages: Iterator[Message], owed: Owed | None = None) -> Sent:
+def produce_all(settings: Settings, prefix: str, messages: Iterator[Message], owed: Owed | None = None) -> Sent:
     """Send every message to `<prefix><topic>` as fast as the client takes them, and wait for the acks.
 
     `owed` says how many output records a path owes an event (default: one).
     """
     sent, failures = Sent(), list[KafkaError]()
-    client = producer(bootstrap, failures)
+    client = producer(settings, failures)
     started = time.monotonic()
     for message in messages:
         _produce(client, prefix + message.topic, message)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from streamguard import kafka_config
 from streamguard.demo.traffic import DemoTraffic
 from streamguard.events import EVENT_TYPES
 from streamguard.settings import Settings
@@ -38,7 +39,7 @@ def run_demo(settings: Settings, rate: float, seconds: float, seed: int) -> int:
     reader = threading.Thread(target=_read_results, args=(settings, consumer, tally, stop), daemon=True)
     reader.start()
     total = int(rate * seconds)
-    producer = Producer({"bootstrap.servers": settings.bootstrap, "linger.ms": 5, "partitioner": "murmur2_random"})
+    producer = Producer(kafka_config.demo_producer(settings))
     traffic = DemoTraffic(seed=seed)
     started = last_draw = time.monotonic()
     for i in range(total):
@@ -85,15 +86,7 @@ def _caught_up(tally: Tally) -> bool:
 def _results_consumer(settings: Settings) -> Consumer:
     """A consumer of the verdict and dead-letter topics, assigned at their current ends."""
     topics = [settings.topic(f"verdicts.{t}") for t in EVENT_TYPES] + [settings.topic("deadletter")]
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.bootstrap,
-            "group.id": f"streamguard-demo-{time.time()}",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "latest",
-        }
-    )
+    consumer = Consumer(kafka_config.demo_results_reader(settings))
     consumer.assign(_end_offsets(consumer, topics))
     return consumer
 

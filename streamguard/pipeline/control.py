@@ -19,6 +19,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
+from streamguard import kafka_config
 from streamguard.errors import ConfigError
 from streamguard.features.spec import FeatureSpec
 from streamguard.rules.program import Program
@@ -55,15 +56,7 @@ class ControlReader:
         }
 
     def run(self, stop: threading.Event) -> None:
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self._settings.bootstrap,
-                "client.id": f"{self._settings.app_id}-control",
-                "group.id": f"{self._settings.app_id}-control-{self._worker_id}",  # never joined: assign() only
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-            }
-        )
+        consumer = Consumer(kafka_config.control_consumer(self._settings, self._worker_id))
         try:
             ends = self._assign_all(consumer, stop)
             while not stop.is_set():

@@ -31,14 +31,16 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, Protocol
+from typing import Final, Literal, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
+from streamguard import kafka_config
 from streamguard.errors import BrokerError
 from streamguard.features.table import EntityFeatures
 from streamguard.pipeline.shard import FINGERPRINT_MEMORY_MS
+from streamguard.settings import Settings
 from streamguard.state.store import PartitionStore, decode_changes
 
 log = logging.getLogger(__name__)
@@ -203,29 +205,13 @@ class ChangelogConsumer(Protocol):
 
 
 def restore_shards(
-    kafka: Mapping[str, Any],
-    group_id: str,
-    changelog: str,
-    stores: Mapping[int, PartitionStore],
-    lifetimes: Mapping[str, int],
+    settings: Settings, changelog: str, stores: Mapping[int, PartitionStore], lifetimes: Mapping[str, int]
 ) -> RestoreReport:
-    """Bring each store (by shard) up to the end of its changelog partition; `kafka` is the clients' config."""
+    """Bring each store (by shard) up to the end of its changelog partition."""
     if not stores:
         return RestoreReport()
-    problems = check_retention(AdminClient(dict(kafka)), changelog, lifetimes)
-    consumer = Consumer(
-        {
-            **kafka,
-            "group.id": group_id,
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "isolation.level": "read_committed",
-            "fetch.wait.max.ms": 10,  # the end of a partition shows in a fetch answer: 500 ms by default
-            # Never skip silently: an offset the log no longer has (retention deleted it while
-            # the restore was on its way) is an error here, and the shard is planned again.
-            "auto.offset.reset": "error",
-        }
-    )
+    problems = check_retention(AdminClient(kafka_config.engine_admin(settings)), changelog, lifetimes)
+    consumer = Consumer(kafka_config.restore_consumer(settings))
     try:
         report = Restore(consumer, changelog, stores).run()
     finally:

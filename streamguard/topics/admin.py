@@ -13,14 +13,16 @@ from collections.abc import Iterable
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
+from streamguard import kafka_config
 from streamguard.errors import BrokerError
+from streamguard.settings import Settings
 from streamguard.topics.spec import TopicSpec
 
 TIMEOUT_S = 30.0
 
 
-def admin_client(bootstrap: str) -> AdminClient:
-    return AdminClient({"bootstrap.servers": bootstrap})
+def admin_client(settings: Settings) -> AdminClient:
+    return AdminClient(kafka_config.admin(settings))
 
 
 def create_missing(admin: AdminClient, specs: Iterable[TopicSpec]) -> list[str]:

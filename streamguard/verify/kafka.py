@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -26,7 +25,9 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
+from streamguard import kafka_config
 from streamguard.errors import BrokerError, ConfigError
+from streamguard.settings import Settings
 from streamguard.verify.records import TP, Record
 
 TIMEOUT_S = 10.0  # for one broker request
@@ -38,18 +39,13 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-def _config(bootstrap: str) -> dict[str, Any]:
-    """Route librdkafka's own log lines through logging, not raw onto stderr: an operator sees one line per failure."""
-    return {"bootstrap.servers": bootstrap, "logger": log, "client.id": "streamguard-verify"}
-
-
-def admin_client(bootstrap: str) -> AdminClient:
+def admin_client(settings: Settings) -> AdminClient:
     """An admin client, once the broker has answered (an unreachable one is a BrokerError naming it)."""
-    admin = AdminClient(_config(bootstrap))
+    admin = AdminClient(kafka_config.verifier(settings, log))
     try:
         admin.list_topics(timeout=TIMEOUT_S)
     except KafkaException as exc:
-        raise BrokerError(f"cannot reach the Kafka broker at {bootstrap}: {exc.args[0].str()}") from None
+        raise BrokerError(f"cannot reach the Kafka broker at {settings.bootstrap}: {exc.args[0].str()}") from None
     return admin
 
 
@@ -106,29 +102,20 @@ def _retried(ask: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
-def read(bootstrap: str, starts: Mapping[TP, int | None]) -> Iterator[Record]:
+def read(settings: Settings, starts: Mapping[TP, int | None]) -> Iterator[Record]:
     """The committed records of each partition from its start offset (None: the beginning) to its end.
 
     The ends are taken first (the last stable offsets), so a read is a
     snapshot even if records still arrive, and empty partitions cost nothing.
     """
-    admin = admin_client(bootstrap)
+    admin = admin_client(settings)
     ends = offsets(admin, starts, "latest")
     firsts = offsets(admin, [tp for tp, start in starts.items() if start is None], "earliest")
     begin = {tp: firsts[tp] if start is None else start for tp, start in starts.items()}
     todo = {tp: end for tp, end in ends.items() if begin[tp] < end}
     if not todo:
         return
-    consumer = Consumer(
-        {
-            **_config(bootstrap),
-            "group.id": f"streamguard-verify-{uuid.uuid4()}",  # never joined: `assign` only, no commits
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "isolation.level": "read_committed",
-            "fetch.wait.max.ms": 50,
-        }
-    )
+    consumer = Consumer(kafka_config.verify_reader(settings, log))
     try:
         consumer.assign([TopicPartition(t, p, begin[(t, p)]) for t, p in todo])
         yield from _until(consumer, todo)

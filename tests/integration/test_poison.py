@@ -24,6 +24,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
 from streamguard.pipeline.ingest import MAX_DEADLETTER_BYTES
+from streamguard.settings import Settings
 from streamguard.topics import admin
 from tests.integration.harness import Stack, Worker, free_port, make_events
 
@@ -173,7 +174,7 @@ def test_an_amount_that_made_deciding_raise_is_a_schema_dead_letter_and_the_stre
 def test_a_message_over_the_dead_letter_limit_is_dead_lettered_truncated(stack: Stack):
     """An input topic may take more than the deadletter topic (8 MiB): the dead letter keeps the first bytes."""
     topic = stack.topic("events.sms")
-    client = admin.admin_client(stack.broker.bootstrap)
+    client = admin.admin_client(Settings(bootstrap=stack.broker.bootstrap))
     entry = ConfigEntry("max.message.bytes", str(12 << 20), incremental_operation=AlterConfigOpType.SET)
     for future in client.incremental_alter_configs(
         [ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[entry])]

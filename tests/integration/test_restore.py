@@ -20,6 +20,7 @@ from rocksdict import Cache
 
 from streamguard.pipeline import restore
 from streamguard.pipeline.restore import Restore, restore_shards
+from streamguard.settings import Settings
 from streamguard.state import keys
 from streamguard.state.store import PartitionStore, StoreOptions, encode_changes
 from tests.integration.harness import Stack, make_events
@@ -82,8 +83,8 @@ def _open(tmp_path: Path, shard: int, cache: Cache) -> PartitionStore:
 
 
 def _restore(stack: Stack, stores: dict[int, PartitionStore]) -> restore.RestoreReport:
-    kafka = {"bootstrap.servers": stack.broker.bootstrap, "client.id": "restore-test"}
-    return restore_shards(kafka, stack.topic("restore"), _changelog(stack), stores, LIFETIMES)
+    settings = Settings(bootstrap=stack.broker.bootstrap, app_id=stack.topic("restore"))
+    return restore_shards(settings, _changelog(stack), stores, LIFETIMES)
 
 
 def _keys(store: PartitionStore, prefix: str) -> int:
