@@ -21,10 +21,9 @@ from streamguard.privacy import Pseudonymizer
 from streamguard.rules.program import Program
 from streamguard.rules.spec import load_ruleset
 from streamguard.settings import Settings
+from streamguard.state.layout import adopt_state_dir
 from streamguard.state.lock import lock_data_dir
-from streamguard.topics.identity import join_cluster
-from streamguard.topics.names import TopicNames
-from streamguard.topics.spec import load_specs
+from streamguard.topics.identity import app_topics, join_cluster
 from streamguard.verdicts import Detector
 
 
@@ -49,11 +48,10 @@ def create_app(settings: Settings) -> tuple[faust.App, EngineService]:
     """
     data_dir = Path(settings.data_dir)
     lock_data_dir(data_dir)  # first: the directory is this worker's identity (its transactional id)
-    names = TopicNames.resolve(
-        load_specs(settings.topic_prefix, settings.app_id), settings.topic_prefix, settings.app_id
-    )
+    _, names = app_topics(settings)  # the app's shard count, from the broker
     key = settings.require_hash_key()
-    join_cluster(settings, names, key)  # refuses a key or shard count the cluster does not route with
+    cluster = join_cluster(settings, names, key)  # refuses a key or shard count the cluster does not route with
+    adopt_state_dir(data_dir / "state", cluster.encode(), resharded=cluster.resharded_from is not None)
     specs = load_features(settings.allowed_lateness_ms)
     window.warm_up()  # compile (or load) the kernels now, not at the first event
     checks.warm_up()

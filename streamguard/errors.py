@@ -44,3 +44,9 @@ class BrokerError(StreamguardError):
     """Kafka refused or did not answer; usually worth retrying."""
 
     retriable = True
+
+
+class AppBusy(StreamguardError):
+    """An offline operation (re-sharding) found workers running or work in flight; retry once they have finished."""
+
+    retriable = True

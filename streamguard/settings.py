@@ -16,6 +16,8 @@ from typing import Any, Final
 from streamguard.errors import ConfigError
 
 ENV_PREFIX: Final = "STREAMGUARD_"
+DEFAULT_SHARDS: Final = 24  # see the README, "Shards": what more of them cost per transaction, measured
+MAX_SHARDS: Final = 512
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -34,6 +36,11 @@ class Settings:
     batch_max_span_ms: int = 60_000
     partition_buffer: int = 50_000
     log_level: str = "WARNING"
+    shards: int = DEFAULT_SHARDS
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.shards <= MAX_SHARDS:
+            raise ConfigError(f"the shard count ({ENV_PREFIX}SHARDS) must be from 1 to {MAX_SHARDS}, not {self.shards}")
 
     def topic(self, name: str) -> str:
         """The full name of a contract topic, with the configured prefix."""
@@ -66,6 +73,10 @@ DOCS: Final[dict[str, str]] = {
     "batch_max_span_ms": "The most event time one transaction covers (how far a replay may run ahead of its own work).",
     "partition_buffer": "An input partition is paused while the event-time merge holds more of it (a memory bound).",
     "log_level": "Log level of the worker (DEBUG, INFO, WARNING, ERROR).",
+    "shards": (
+        "The shard count of a new app (the partitions of its shards and changelog topics, at most the useful "
+        "workers); an existing app keeps the count its topics and `<app>.cluster` have (`streamguard reshard`)."
+    ),
 }
 
 

@@ -13,14 +13,13 @@ from streamguard.state import keys
 from streamguard.state.store import PartitionStore
 
 MINUTE_MS: Final = 60_000
-_WATERMARK: Final = keys.DEDUP_BY_TIME + b"\xff" * 9  # sorts after every time-index key
 
 
 class RecentIds:
     def __init__(self, store: PartitionStore, retention_ms: int) -> None:
         self._store = store
         self._retention_ms = retention_ms
-        raw = store.get(_WATERMARK)
+        raw = store.get(keys.DEDUP_WATERMARK)
         self._newest_ts = 0 if raw is None else keys.decode_u64(raw)
 
     def add(self, digest: bytes, ts: int) -> bool:
@@ -32,7 +31,7 @@ class RecentIds:
         self._store.put(keys.dedup_by_time(ts // MINUTE_MS, digest), b"")
         if ts > self._newest_ts:
             self._newest_ts = ts
-            self._store.put(_WATERMARK, keys.encode_u64(ts))
+            self._store.put(keys.DEDUP_WATERMARK, keys.encode_u64(ts))
         return True
 
     def expire(self, limit: int) -> int:

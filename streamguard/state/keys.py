@@ -21,6 +21,10 @@ def dedup(digest: bytes) -> bytes:
     return DEDUP + digest
 
 
+# The newest event time a shard has seen (its ids expire behind it): state of the shard, of no event or entity.
+DEDUP_WATERMARK: Final = DEDUP_BY_TIME + b"\xff" * 9  # sorts after every time-index key
+
+
 def dedup_by_time(minute: int, digest: bytes) -> bytes:
     """Ordered by event-time minute, so expiry is a range scan from the start."""
     return DEDUP_BY_TIME + _U64.pack(minute) + digest
@@ -66,3 +70,21 @@ def pending(event_digest: bytes) -> bytes:
 def device_fingerprint(device_digest: bytes) -> bytes:
     """The fingerprint last reported for a device, kept on the device's shard."""
     return DEVICE_FINGERPRINT + device_digest
+
+
+def owner_digest(key: bytes) -> bytes:
+    """The keyed hash a state key belongs to: the shard of this hash holds the key (`codec.shard_of`).
+
+    An event's ids, its time-index entry and its parked copy are on the shard
+    of its event_id's hash; an entity's windows and a device's fingerprint link
+    on the shard of the entity's hash. A key of another namespace raises
+    ValueError: it is not state of one event or entity (`DEDUP_WATERMARK` is the shard's own).
+    """
+    namespace = key[:1]
+    if key == DEDUP_WATERMARK:
+        raise ValueError("the dedup watermark is the shard's own state, of no event or entity")
+    if namespace == DEDUP_BY_TIME and len(key) > 1 + _U64.size:
+        return digest_of_dedup_by_time(key)
+    if namespace in (DEDUP, FEATURE, PENDING, DEVICE_FINGERPRINT) and len(key) > 1:
+        return key[1:]
+    raise ValueError(f"a state key of no shard: {key[:16].hex()}")

@@ -3,16 +3,18 @@
 A worker sends an event to the shard of its keyed-hash `event_id`, and an
 entity to the shard of its keyed hash, modulo the number of shards. Two
 workers with another hash key (`STREAMGUARD_HASH_KEY`) or another shard count
-(the partitions of `<app>.shards` in `topics/internal.toml`) send the same
-event_id to different shards: a duplicate gets a second verdict and an
-entity's features split in two. Neither is visible from one worker's own
-configuration, so a worker checks both at start, before it consumes:
+send the same event_id to different shards: a duplicate gets a second verdict
+and an entity's features split in two. Neither is visible from one worker's
+own configuration, so a worker checks both at start, before it consumes:
 
-- the shard count it would use is the partition count the broker has for the
-  shards topic and for the changelog (one changelog partition per shard);
+- the shard count is the app's, never the worker's own: it is chosen when the
+  app is created (`STREAMGUARD_SHARDS`, the partitions `streamguard topics
+  create` gives the shards and changelog topics), and read back from the
+  broker afterwards (`app_topics`); both topics must have that many partitions;
 - its key and shard count are the cluster's, as recorded by the first worker
   that ever started on the compacted `<app>.cluster` topic: the first record
-  of that topic (lowest offset) is the cluster's identity.
+  of that topic (lowest offset) is the cluster's identity. Only
+  `streamguard reshard` (offline) writes another one, on a recreated topic.
 
 The key itself never leaves the worker: the topic holds a fingerprint of it,
 an HMAC over a fixed label, which tells keys apart without revealing them.
@@ -31,10 +33,12 @@ import msgspec
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from streamguard import kafka_config
 from streamguard.errors import BrokerError, ClusterMismatch, ConfigError
 from streamguard.settings import Settings
 from streamguard.topics import admin
 from streamguard.topics.names import TopicNames
+from streamguard.topics.spec import TopicSpec, load_specs
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +47,13 @@ FINGERPRINT_HEX: Final = 16
 TIMEOUT_S: Final = 30.0
 
 
-class ClusterIdentity(msgspec.Struct, frozen=True, kw_only=True):
+class ClusterIdentity(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """The record on `<app>.cluster`: what this cluster routes with, and since when."""
 
     hash_key_fingerprint: str
     shards: int
     created_at: int  # ms since the epoch
+    resharded_from: int | None = None  # the shard count before `streamguard reshard` wrote this identity
 
     def encode(self) -> bytes:
         return msgspec.json.encode(self)
@@ -91,27 +96,68 @@ def mismatch(ours: ClusterIdentity, cluster: ClusterIdentity, topic: str) -> str
     if ours.shards != cluster.shards:
         problems.append(
             f"the shard count differs ({ours.shards} here, {cluster.shards} in the cluster, as {topic} records): "
-            f"declare {cluster.shards} partitions for shards and state-changelog in topics/internal.toml "
-            "(another shard count is another cluster: another STREAMGUARD_APP_ID and empty data directories)"
+            "start this worker again, it reads the count from the broker (if the topics were recreated with "
+            f"{ours.shards} partitions, recreate them with {cluster.shards}: `streamguard reshard` is what moves "
+            "an app's state to another shard count)"
         )
     if not problems:
         return None
     return "this worker would send events to other shards than the cluster does: " + "; and ".join(problems)
 
 
-def topology_mismatch(names: TopicNames, partitions: dict[str, int]) -> str | None:
-    """Whether the broker's shard and changelog topics (name -> partitions) have the shard count we would use."""
-    for topic in (names.shard_topic, names.changelog):
+def topology_mismatch(names: TopicNames, partitions: dict[str, int], cluster: ClusterIdentity | None) -> str | None:
+    """Whether the broker's shard and changelog topics (name -> partitions) have the shard count we route with.
+
+    That count (`names.shards`) was read from the broker a moment before
+    (`app_topics`); the cluster's identity, when recorded, must say the same.
+    """
+    for topic in (names.shard_topic, names.changelog, names.cluster):
         if topic not in partitions:
             return f"{topic} is missing on the broker: run `streamguard topics create`"
-        have = partitions[topic]
-        if have != names.shards:
-            return (
-                f"{topic} has {have} partitions on the broker, topics/internal.toml declares {names.shards}: "
-                f"declare {have} for shards and state-changelog there (the partitions of a live topic are "
-                "not changed: that would move every event_id and entity to another shard)"
-            )
+    shards, changelog = partitions[names.shard_topic], partitions[names.changelog]
+    if shards != changelog:
+        return (
+            f"{names.shard_topic} has {shards} partitions on the broker and {names.changelog} {changelog}: "
+            "each shard has one changelog partition, so they must be equal (the partitions of a live topic are "
+            "not changed: that would move every event_id and entity to another shard; `streamguard reshard` "
+            "re-shards an app offline)"
+        )
+    if cluster is not None and cluster.shards != shards:
+        return (
+            f"{names.shard_topic} and {names.changelog} have {shards} partitions on the broker, but the cluster "
+            f"routes with {cluster.shards} shards (as {names.cluster} records): the topics were recreated by hand; "
+            f"recreate them with {cluster.shards} partitions (`streamguard reshard` is what re-shards an app)"
+        )
+    if shards != names.shards:
+        return f"{names.shard_topic} has {shards} partitions on the broker, {names.shards} a moment ago: start again"
     return None
+
+
+def app_shards(settings: Settings, names: TopicNames) -> int | None:
+    """The shard count of the app on the broker (None: a new app).
+
+    The cluster's identity when recorded, else the partitions of its shards
+    topic, else of its changelog: so `topics create` completes an app with
+    the count it has, whatever `STREAMGUARD_SHARDS` says now.
+    """
+    partitions = _partitions(admin.admin_client(settings), [names.cluster, names.shard_topic, names.changelog])
+    cluster = first_identity(settings, names.cluster) if names.cluster in partitions else None
+    if cluster is not None:
+        return cluster.shards
+    return partitions.get(names.shard_topic, partitions.get(names.changelog))
+
+
+def app_topics(settings: Settings) -> tuple[list[TopicSpec], TopicNames]:
+    """The app's topic definitions and names, with the app's shard count: the broker's, else `settings.shards`."""
+    prefix, app_id = settings.topic_prefix, settings.app_id
+    specs = load_specs(prefix, app_id, shards=settings.shards)
+    names = TopicNames.resolve(specs, prefix, app_id)
+    shards = app_shards(settings, names)
+    if shards is None or shards == settings.shards:
+        return specs, names
+    log.info("this app has %d shards (STREAMGUARD_SHARDS=%d applies to new apps)", shards, settings.shards)
+    specs = load_specs(prefix, app_id, shards=shards)
+    return specs, TopicNames.resolve(specs, prefix, app_id)
 
 
 def join_cluster(settings: Settings, names: TopicNames, key: bytes) -> ClusterIdentity:
@@ -119,15 +165,16 @@ def join_cluster(settings: Settings, names: TopicNames, key: bytes) -> ClusterId
 
     The first worker of a cluster records its identity; the cluster's identity is returned.
     """
-    client = admin.admin_client(settings.bootstrap)
-    problem = topology_mismatch(names, _partitions(client, [names.shard_topic, names.changelog]))
+    client = admin.admin_client(settings)
+    partitions = _partitions(client, [names.shard_topic, names.changelog, names.cluster])
+    cluster = first_identity(settings, names.cluster) if names.cluster in partitions else None
+    problem = topology_mismatch(names, partitions, cluster)
     if problem:
         raise ClusterMismatch(problem)
     ours = ClusterIdentity(hash_key_fingerprint=fingerprint(key), shards=names.shards, created_at=_now_ms())
-    cluster = _first_identity(settings, names.cluster)
     if cluster is None:
-        _record(settings.bootstrap, names.cluster, ours)
-        cluster = _first_identity(settings, names.cluster)
+        record(settings, names.cluster, ours)
+        cluster = first_identity(settings, names.cluster)
         if cluster is None:
             raise BrokerError(f"{names.cluster}: the identity just written cannot be read back")
     problem = mismatch(ours, cluster, names.cluster)
@@ -150,16 +197,9 @@ def _partitions(client: AdminClient, topics: list[str]) -> dict[str, int]:
     return {t: len(meta[t].partitions) for t in topics if t in meta and not meta[t].error}
 
 
-def _first_identity(settings: Settings, topic: str) -> ClusterIdentity | None:
+def first_identity(settings: Settings, topic: str) -> ClusterIdentity | None:
     """The first record of the cluster topic (its single partition), or None while it has none."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.bootstrap,
-            "client.id": f"{settings.app_id}-cluster",
-            "group.id": f"{settings.app_id}-cluster",  # never joined: assign() only
-            "enable.auto.commit": False,
-        }
-    )
+    consumer = Consumer(kafka_config.cluster_reader(settings))
     try:
         deadline = time.monotonic() + TIMEOUT_S
         low, high = _offsets(consumer, topic, deadline)
@@ -194,9 +234,9 @@ def _offsets(consumer: Consumer, topic: str, deadline: float) -> tuple[int, int]
             time.sleep(0.2)
 
 
-def _record(bootstrap: str, topic: str, identity: ClusterIdentity) -> None:
+def record(settings: Settings, topic: str, identity: ClusterIdentity) -> None:
     """Write `identity` durably (all in-sync replicas); whether it is the first is read afterwards."""
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all"})
+    producer = Producer(kafka_config.cluster_writer(settings))
     errors: list[object] = []
     producer.produce(
         topic, identity.encode(), identity.record_key(), partition=0, on_delivery=lambda err, _: errors.append(err)

@@ -2,6 +2,9 @@
 
 A file has an optional `[defaults]` table and a list of `[[topic]]` tables.
 A typo (an unknown key, a wrong type) is a ConfigError naming file and path.
+`partitions = "shards"` stands for the app's shard count, which is not in the
+files: it is chosen when the app is created (`STREAMGUARD_SHARDS`), then read
+from the broker (`topics.identity.app_topics`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ from typing import Literal
 import msgspec
 
 from streamguard.errors import ConfigError
+from streamguard.settings import DEFAULT_SHARDS
+
+PER_SHARD = "shards"  # the value of `partitions` that means one partition per shard
 
 
 class TopicSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -54,12 +60,14 @@ def default_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "topics"
 
 
-def load_specs(prefix: str, app_id: str, directory: Path | None = None) -> list[TopicSpec]:
-    """Every topic declared in `directory` (default `topics/`), under its full name."""
+def load_specs(
+    prefix: str, app_id: str, directory: Path | None = None, shards: int = DEFAULT_SHARDS
+) -> list[TopicSpec]:
+    """Every topic declared in `directory` (default `topics/`), under its full name, with `shards` shards."""
     directory = directory or default_dir()
     specs: dict[str, TopicSpec] = {}
     for path in sorted(directory.glob("*.toml")):
-        for spec in _load_file(path):
+        for spec in _load_file(path, shards):
             if spec.name in specs:
                 raise ConfigError(f"{path}: topic {spec.name!r} is declared twice")
             specs[spec.name] = spec.named(prefix, app_id)
@@ -68,7 +76,7 @@ def load_specs(prefix: str, app_id: str, directory: Path | None = None) -> list[
     return list(specs.values())
 
 
-def _load_file(path: Path) -> list[TopicSpec]:
+def _load_file(path: Path, shards: int) -> list[TopicSpec]:
     try:
         raw = tomllib.loads(path.read_text())
         parsed = msgspec.convert(raw, _File)
@@ -77,6 +85,8 @@ def _load_file(path: Path) -> list[TopicSpec]:
     defaults = {k: v for k, v in msgspec.structs.asdict(parsed.defaults).items() if v is not None}
     specs = []
     for i, table in enumerate(parsed.topic):
+        if table.get("partitions") == PER_SHARD:
+            table = {**table, "partitions": shards}
         try:
             specs.append(msgspec.convert({**defaults, **table}, TopicSpec))
         except msgspec.ValidationError as exc:

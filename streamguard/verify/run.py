@@ -16,23 +16,22 @@ from confluent_kafka.admin import AdminClient
 
 from streamguard.errors import ConfigError
 from streamguard.settings import Settings
+from streamguard.topics.identity import app_topics
 from streamguard.topics.names import TopicNames
-from streamguard.topics.spec import load_specs
 from streamguard.verify import kafka, offsets, outputs, state
 from streamguard.verify.records import TP, Record
 from streamguard.verify.report import Check, Report
 
 
 def topic_names(settings: Settings) -> TopicNames:
-    return TopicNames.resolve(
-        load_specs(settings.topic_prefix, settings.app_id), settings.topic_prefix, settings.app_id
-    )
+    """The app's topics, with the shard count its topics on the broker have."""
+    return app_topics(settings)[1]
 
 
 def read_topics(settings: Settings, topics: Iterable[str]) -> list[Record]:
     """Every committed record of `topics`, from the beginning (the verifier's reader, for tests and helpers)."""
-    admin = kafka.admin_client(settings.bootstrap)
-    return list(kafka.read(settings.bootstrap, dict.fromkeys(kafka.partitions(admin, topics))))
+    admin = kafka.admin_client(settings)
+    return list(kafka.read(settings, dict.fromkeys(kafka.partitions(admin, topics))))
 
 
 def read_inputs(settings: Settings, now_ms: int | None = None) -> list[outputs.Classified]:
@@ -52,7 +51,7 @@ def verify(settings: Settings, data_dirs: Sequence[Path] = (), now_ms: int | Non
         if not directory.is_dir():
             raise ConfigError(f"{directory}: no such data directory")
     names = topic_names(settings)
-    admin = kafka.admin_client(settings.bootstrap)
+    admin = kafka.admin_client(settings)
     inputs = read_inputs(settings, now_ms)
     verdict_type = {topic: kind for kind, topic in names.verdicts.items()}
     verdicts = read_topics(settings, names.verdicts.values())
@@ -87,7 +86,7 @@ def _group_offsets(settings: Settings, admin: AdminClient, names: TopicNames) ->
     end = kafka.offsets(admin, tps, "latest", committed=False)
     committed = kafka.group_offsets(admin, settings.app_id, tps)
     gaps: dict[TP, int | None] = {tp: committed.get(tp) for tp in tps if committed.get(tp) != end[tp]}
-    unread = Counter((r.topic, r.partition) for r in kafka.read(settings.bootstrap, gaps))
+    unread = Counter((r.topic, r.partition) for r in kafka.read(settings, gaps))
     return offsets.check_group_offsets(committed, end, unread)
 
 
@@ -101,7 +100,7 @@ def _replays(
         store = stores.get(shard)
         replays[shard] = state.Replay(shard, start, store.checkpoint if store else None)
     readable = {(names.changelog, s): None for s, r in replays.items() if r.log_start == 0}
-    for record in kafka.read(settings.bootstrap, readable):
+    for record in kafka.read(settings, readable):
         replays[record.partition].feed(record.offset, record.value)
     return list(replays.values())
 

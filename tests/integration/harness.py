@@ -207,6 +207,9 @@ class Stack:
 
     features: bool = False  # publish per-event feature values on "<prefix>features"
     replication: int = 1  # of every topic it creates (3 on a three-broker cluster)
+    # The tests' apps have the 6 shards every app had before the count was a setting: fewer stores and
+    # partitions per worker on a small machine (test_topics and test_reshard create other counts).
+    shards: int = 6
 
     def env(self) -> dict[str, str]:
         extra = {"STREAMGUARD_FEATURES_TOPIC": "features"} if self.features else {}
@@ -217,6 +220,7 @@ class Stack:
             "STREAMGUARD_APP_ID": self.app_id,
             "STREAMGUARD_HASH_KEY": "integration-test-key-0123456789",
             "STREAMGUARD_LOG_LEVEL": "INFO",
+            "STREAMGUARD_SHARDS": str(self.shards),
         }
 
     def topic(self, name: str) -> str:
@@ -224,11 +228,11 @@ class Stack:
 
     def create_topics(self) -> list[str]:
         settings = load(self.env())
-        specs = load_specs(settings.topic_prefix, settings.app_id)
+        specs = load_specs(settings.topic_prefix, settings.app_id, shards=settings.shards)
         if self.features:
             specs.append(TopicSpec(name=self.topic("features"), partitions=6))
         specs = [msgspec.structs.replace(spec, replication=self.replication) for spec in specs]
-        return admin.create_missing(admin.admin_client(self.broker.bootstrap), specs)
+        return admin.create_missing(admin.admin_client(settings), specs)
 
     def start_worker(self, name: str = "w1", wait: bool = True, env: dict[str, str] | None = None) -> Worker:
         """A worker with data in `workdir/name` and its log in `workdir/name.log`; `env` overrides the variables."""

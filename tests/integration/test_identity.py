@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
+from streamguard.settings import Settings
 from streamguard.topics import admin
 from streamguard.topics.spec import TopicSpec
 from tests.integration.harness import Broker, Stack, Worker
@@ -66,6 +67,13 @@ def test_workers_with_the_same_key_join_the_cluster_and_it_records_one_identity(
     assert "integration-test-key" not in json.dumps(records[0])
 
 
+def test_a_worker_takes_the_shard_count_of_the_apps_topics_whatever_its_setting(stack: Stack):
+    """An app made with 6 shards stays at 6 when workers come with another STREAMGUARD_SHARDS (or a new default)."""
+    worker = stack.start_worker("w1", env={"STREAMGUARD_SHARDS": "24"})
+    assert worker.stats()["shards"] == list(range(6))
+    assert [r["shards"] for r in _cluster_records(stack)] == [6]
+
+
 def test_workers_started_together_agree_on_the_first_record(stack: Stack):
     """Both may find the topic empty and write; the first record is the identity, and it is theirs."""
     workers = [stack.start_worker(name, wait=False) for name in ("w1", "w2", "w3")]
@@ -94,11 +102,14 @@ def test_a_first_worker_with_another_key_is_refused_too(stack: Stack):
 @pytest.mark.parametrize("internal", ["shards", "state-changelog"])
 def test_a_worker_whose_shard_count_is_not_the_topics_is_refused(bare_stack: Stack, internal: str):
     name = f"{bare_stack.prefix}{bare_stack.app_id}.{internal}"
-    admin.create_missing(admin.admin_client(bare_stack.broker.bootstrap), [TopicSpec(name=name, partitions=3)])
+    client = admin.admin_client(Settings(bootstrap=bare_stack.broker.bootstrap))
+    admin.create_missing(client, [TopicSpec(name=name, partitions=3)])
     bare_stack.create_topics()  # the others, as topics/ defines them
     error = _refused(bare_stack.start_worker(wait=False))
-    assert f"{name} has 3 partitions on the broker" in error
-    assert "6" in error and "topics/internal.toml" in error
+    shards, changelog = (3, 6) if internal == "shards" else (6, 3)
+    prefix = f"{bare_stack.prefix}{bare_stack.app_id}"
+    assert f"{prefix}.shards has {shards} partitions on the broker and {prefix}.state-changelog {changelog}" in error
+    assert "must be equal" in error
     assert _cluster_records(bare_stack) == [], "nothing recorded for a topology that does not match"
 
 
@@ -112,7 +123,7 @@ def test_a_worker_whose_shard_count_is_not_the_clusters_is_refused(stack: Stack)
     producer.produce(topic, json.dumps(first).encode(), b"first")
     assert producer.flush(30) == 0
     error = _refused(stack.start_worker(wait=False))
-    assert "6 here, 4 in the cluster" in error
+    assert "have 6 partitions on the broker, but the cluster routes with 4 shards" in error
     assert "STREAMGUARD_HASH_KEY" not in error, "the key matches: only the shard count is named"
 
 

@@ -18,7 +18,7 @@ from streamguard.topics.spec import load_specs
 
 KEY = b"a-secret-of-at-least-16-chars"
 TOPIC = "p-app.cluster"
-NAMES = TopicNames.resolve(load_specs("p-", "app"), "p-", "app")
+NAMES = TopicNames.resolve(load_specs("p-", "app", shards=6), "p-", "app")
 
 
 def _identity(key: bytes = KEY, shards: int = 6) -> ClusterIdentity:
@@ -95,7 +95,7 @@ def test_another_shard_count_is_named_with_both_counts_and_the_fix():
     problem = mismatch(_identity(shards=6), _identity(shards=4), TOPIC)
     assert problem is not None and "\n" not in problem
     assert "6 here, 4 in the cluster" in problem
-    assert "declare 4 partitions for shards and state-changelog in topics/internal.toml" in problem
+    assert "recreate them with 4" in problem and "streamguard reshard" in problem
     assert "HASH_KEY" not in problem
 
 
@@ -104,12 +104,28 @@ def test_both_differences_are_named():
     assert problem is not None and "HASH_KEY" in problem and "6 here, 4 in the cluster" in problem
 
 
-def test_the_broker_topics_must_have_the_declared_shard_count():
-    right = {NAMES.shard_topic: 6, NAMES.changelog: 6}
-    assert topology_mismatch(NAMES, right) is None
-    problem = topology_mismatch(NAMES, {**right, NAMES.changelog: 3})
+def test_the_shards_and_changelog_topics_must_have_as_many_partitions():
+    right = {NAMES.shard_topic: 6, NAMES.changelog: 6, NAMES.cluster: 1}
+    assert topology_mismatch(NAMES, right, None) is None
+    assert topology_mismatch(NAMES, right, _identity(shards=6)) is None
+    problem = topology_mismatch(NAMES, {**right, NAMES.changelog: 3}, None)
     assert problem is not None and "\n" not in problem
-    assert problem.startswith("p-app.state-changelog has 3 partitions on the broker, topics/internal.toml declares 6")
-    assert topology_mismatch(NAMES, {NAMES.changelog: 6}) == (
+    assert problem.startswith("p-app.shards has 6 partitions on the broker and p-app.state-changelog 3")
+    assert topology_mismatch(NAMES, {NAMES.changelog: 6, NAMES.cluster: 1}, None) == (
         "p-app.shards is missing on the broker: run `streamguard topics create`"
     )
+
+
+def test_the_topics_must_have_the_clusters_shard_count():
+    """E.g. the shard topics were recreated by hand with other partitions while the cluster kept its identity."""
+    problem = topology_mismatch(
+        NAMES, {NAMES.shard_topic: 6, NAMES.changelog: 6, NAMES.cluster: 1}, _identity(shards=4)
+    )
+    assert problem is not None and "\n" not in problem
+    assert "have 6 partitions on the broker, but the cluster routes with 4 shards (as p-app.cluster records)" in problem
+
+
+def test_a_resharded_identity_says_so_and_an_older_one_has_no_such_field():
+    assert "resharded_from" not in json.loads(_identity().encode())
+    resharded = msgspec.structs.replace(_identity(shards=12), resharded_from=6)
+    assert decode(resharded.encode(), TOPIC).resharded_from == 6

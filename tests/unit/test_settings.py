@@ -38,3 +38,9 @@ def test_typos_in_variables_are_found():
 def test_every_setting_is_documented():
     assert set(DOCS) == set(Settings.__dataclass_fields__)
     assert env_name("web_port") == "STREAMGUARD_WEB_PORT"
+
+
+@pytest.mark.parametrize("raw", ["0", "-3", "100000"])
+def test_a_shard_count_out_of_range_is_refused(raw):
+    with pytest.raises(ConfigError, match=f"the shard count \\(STREAMGUARD_SHARDS\\) must be from 1 to 512, not {raw}"):
+        load({"STREAMGUARD_SHARDS": raw})
