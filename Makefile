@@ -48,7 +48,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check streamguard tests
 	$(VENV)/bin/mypy
 
-## bench: one worker against raw Kafka and Quix Streams on the local broker (a few minutes); .run/bench/report.json
+## bench: one worker against raw Kafka, Quix Streams and Kafka Streams on the local broker (a few minutes; Java 17 and Maven build the Kafka Streams peer once); .run/bench/report.json
 bench: up
 	$(VENV)/bin/streamguard bench
 

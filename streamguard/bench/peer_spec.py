@@ -1,12 +1,13 @@
-"""What the Quix Streams peer computes, derived from streamguard's own feature declarations.
+"""What the peers (Quix Streams, Kafka Streams) compute, derived from streamguard's own feature declarations.
 
 One branch per (entity, window, resolution) that `features/*.toml` declare
 for the entities both can key by directly (IP, device, account, phone): the
 events of the types those features read, counted, with a distinct count of
 every field those features count distinct values of. Filters (`where`) are
 left out, and so are derived entities and fields (networks, fingerprints,
-number blocks), which need streamguard's own derivations. The bench also uses
-the spec to know how many records the peer owes for each event.
+number blocks), which need streamguard's own derivations. Both peers read the
+same spec document, and the bench uses it to know how many records a peer
+owes for each event.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class Branch:
     name: str
     entity: str
     window_ms: int
-    step_ms: int  # streamguard's resolution; the peer's sliding windows need none
+    step_ms: int  # streamguard's resolution: the peers' buckets
     events: list[str]
     distinct: list[str]
 
@@ -57,7 +58,7 @@ def outputs_owed(event: dict[str, object], peer_branches: list[Branch]) -> int:
 def spec_document(
     peer_branches: list[Branch], *, bootstrap: str, inputs: list[str], output: str, group: str, state_dir: str
 ) -> dict[str, object]:
-    """The JSON document `quix_peer.py` reads."""
+    """The JSON document the peers read (`quix_peer.py`, `bench/kstreams`)."""
     return {
         "bootstrap": bootstrap,
         "group": group,
@@ -65,7 +66,6 @@ def spec_document(
         "output_topic": output,
         "state_dir": state_dir,
         "commit_interval_s": 1.0,
-        "grace_ms": 300_000,  # streamguard's default allowed lateness
         "distinct_cap": 256,  # streamguard's default distinct_cap
         "branches": [asdict(b) for b in peer_branches],
     }
@@ -74,7 +74,7 @@ def spec_document(
 def describe(peer_branches: list[Branch]) -> list[str]:
     """One line per branch, for the report."""
     return [
-        f"{b.name}: per {b.entity}, sliding {b.window_ms // 1000}s, {'/'.join(b.events)} events: "
-        f"count{''.join(f', distinct {f}' for f in b.distinct)}"
+        f"{b.name}: per {b.entity}, {b.window_ms // 1000}s in {b.step_ms // 1000}s buckets, "
+        f"{'/'.join(b.events)} events: count{''.join(f', distinct {f}' for f in b.distinct)}"
         for b in peer_branches
     ]

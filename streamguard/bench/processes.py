@@ -2,6 +2,7 @@
 
 A process that dies while the bench waits on it is an error that quotes the
 end of its log, so a broken peer or worker says why instead of hanging the run.
+`run_tool` runs a one-off command (an install, a build) to its end.
 """
 
 from __future__ import annotations
@@ -64,3 +65,14 @@ def start(name: str, argv: list[str], log: Path, env: dict[str, str] | None = No
             stdin=subprocess.DEVNULL,
         )
     return Child(name, process, log)
+
+
+def run_tool(argv: list[str], timeout_s: float) -> None:
+    """Run `argv` to its end; an error with the end of its output if it fails or takes over `timeout_s`."""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        raise StreamguardError(f"{' '.join(argv)} took over {timeout_s:.0f} s") from exc
+    if done.returncode != 0:
+        output = (done.stdout + done.stderr)[-LOG_TAIL:]
+        raise StreamguardError(f"{' '.join(argv)} failed ({done.returncode}):\n{output}")

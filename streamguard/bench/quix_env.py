@@ -13,7 +13,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from streamguard.bench.processes import Child, start
+from streamguard.bench.processes import Child, run_tool, start
 from streamguard.errors import StreamguardError
 
 QUIXSTREAMS = "quixstreams==3.28.1"
@@ -27,8 +27,8 @@ def ensure_venv(venv: Path, base_python: str = "python3") -> Path:
     if _has_quixstreams(python):
         return python
     print(f"bench: installing {QUIXSTREAMS} into {venv} (once)", flush=True)
-    _run([base_python, "-m", "venv", str(venv)])
-    _run([str(python), "-m", "pip", "install", "--quiet", QUIXSTREAMS])
+    run_tool([base_python, "-m", "venv", str(venv)], INSTALL_TIMEOUT_S)
+    run_tool([str(python), "-m", "pip", "install", "--quiet", QUIXSTREAMS], INSTALL_TIMEOUT_S)
     if not _has_quixstreams(python):
         raise StreamguardError(f"{QUIXSTREAMS} was installed into {venv} but does not import")
     return python
@@ -40,15 +40,6 @@ def _has_quixstreams(python: Path) -> bool:
     check = [str(python), "-c", "import quixstreams; print(quixstreams.__version__)"]
     found = subprocess.run(check, capture_output=True, text=True, timeout=120)
     return found.returncode == 0 and found.stdout.strip() == QUIXSTREAMS.split("==")[1]
-
-
-def _run(argv: list[str]) -> None:
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)
-    except subprocess.TimeoutExpired as exc:
-        raise StreamguardError(f"{' '.join(argv)} took over {INSTALL_TIMEOUT_S:.0f} s") from exc
-    if done.returncode != 0:
-        raise StreamguardError(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
 
 
 def start_peer(python: Path, spec: dict[str, object], workdir: Path) -> Child:

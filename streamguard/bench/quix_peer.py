@@ -7,15 +7,19 @@ writes the JSON spec it reads: the input topics, the output topic and one
 branch per (entity, window) that streamguard's `features/*.toml` declare for
 IPs, devices, accounts and phones.
 
-Per branch, the events of its types that have the entity are re-keyed by it
-(`group_by`, a repartition topic per entity) and aggregated in a sliding
-window of the feature's length (Quix's own way to get "the last W before this
-event"; it is exact where streamguard's ring of buckets rounds to its
-resolution, and cheaper in Quix than a hopping window stepping by that
-resolution): a count, a distinct count per declared field (a list capped at
-the same 256 values) and the event's id. Of the windows `.current()` emits for
-an event, the one that ends at it becomes one small record keyed by the event
-id. The event time is the event's `ts`; processing is exactly-once, as
+Per entity kind, the events of the types its branches read that have the
+entity are re-keyed by it (`group_by`, a repartition topic per entity), and
+one stateful function (`apply(stateful=True)`, Quix's State API: RocksDB with a
+changelog topic) keeps, under the entity's key, a ring of buckets per branch
+at the feature's resolution, as streamguard and the Kafka Streams peer do:
+per bucket a count, and per distinct field the values seen with a bit per
+bucket they were seen in (at most the same 256 values). Per event and branch
+it counts the event into its bucket and writes one small record keyed by the
+event id: the count and distinct counts over the window that ends at the
+event's bucket. (This peer was first written with Quix's sliding windows,
+which update and store every window an event falls in: twice the CPU per
+event.)
+The event time is the event's `ts`; processing is exactly-once, as
 streamguard's is.
 """
 
@@ -23,20 +27,35 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from quixstreams import Application
-from quixstreams.dataframe.windows.aggregations import Count, Last, Reduce
+from quixstreams.models.topics.exceptions import TopicNotFoundError
 
 Row = dict[str, Any]
+TOPIC_ATTEMPTS = 5
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("spec", type=Path, help="the JSON spec written by streamguard.bench.peer_spec")
     spec = json.loads(parser.parse_args().spec.read_text())
+    for attempt in range(TOPIC_ATTEMPTS):
+        try:
+            app = _application(spec)
+            break
+        except TopicNotFoundError:
+            # Quix looks a repartition topic up right after creating it; a busy broker may not list it yet.
+            if attempt == TOPIC_ATTEMPTS - 1:
+                raise
+            time.sleep(1.0)
+    app.run()
+
+
+def _application(spec: Row) -> Application:
     app = Application(
         broker_address=spec["bootstrap"],
         consumer_group=spec["group"],
@@ -51,9 +70,9 @@ def main() -> None:
     for entity, branches in _branches_by_entity(spec["branches"]).items():
         types = {t for b in branches for t in b["events"]}
         keyed = events.filter(_has(entity, types)).group_by(_field(entity), name=f"by_{entity}")
-        for branch in branches:
-            _window(keyed, branch, spec["distinct_cap"], spec["grace_ms"]).to_topic(output, key=_event_id)
-    app.run()
+        counted = keyed.apply(_windows(branches, spec["distinct_cap"]), stateful=True, expand=True)
+        counted.to_topic(output, key=_event_id)
+    return app
 
 
 def _merged_inputs(app: Application, topics: list[str]) -> Any:
@@ -84,41 +103,55 @@ def _field(entity: str) -> Callable[[Row], Any]:
     return lambda event: event[entity]
 
 
-def _window(keyed: Any, branch: Row, cap: int, grace_ms: int) -> Any:
-    """The branch's sliding window, one record per event: the window that ends at the event."""
-    types = set(branch["events"])
-    distinct = {f"distinct_{f}": Reduce(_capped_add(f, cap), _capped_first(f)) for f in branch["distinct"]}
-    windows = (
-        keyed.filter(lambda event: event["type"] in types)
-        .sliding_window(branch["window_ms"], grace_ms=grace_ms, name=branch["name"])
-        .agg(count=Count(), event_id=Last("event_id"), ts=Last("ts"), **distinct)
-        .current()
-    )
-    # An event older than others of its key also updates their windows; keep only its own.
-    own = windows.filter(lambda row: row["end"] == row["ts"])
-    return own.apply(_summary(branch["name"], list(distinct)))
+def _windows(branches: list[Row], cap: int) -> Callable[[Row, Any], list[Row]]:
+    """The entity's rings, one per branch, in its state; per event a record per branch it falls in."""
+    types = [set(b["events"]) for b in branches]
+
+    def count(event: Row, state: Any) -> list[Row]:
+        rings = state.get("rings") or [_empty_ring(b) for b in branches]
+        mine = [(b, ring) for b, t, ring in zip(branches, types, rings, strict=True) if event["type"] in t]
+        rows = [_count(branch, ring, event, cap) for branch, ring in mine]
+        state.set("rings", rings)
+        return rows
+
+    return count
 
 
-def _capped_first(field: str) -> Callable[[Row], list[Any]]:
-    return lambda event: [] if event.get(field) is None else [event[field]]
+def _empty_ring(branch: Row) -> Row:
+    slots = branch["window_ms"] // branch["step_ms"]
+    return {"buckets": [-1] * slots, "counts": [0] * slots, "values": [{} for _ in branch["distinct"]]}
 
 
-def _capped_add(field: str, cap: int) -> Callable[[list[Any], Row], list[Any]]:
-    def add(values: list[Any], event: Row) -> list[Any]:
-        value = event.get(field)
-        if value is not None and len(values) < cap and value not in values:
-            values.append(value)
-        return values
+def _count(branch: Row, ring: Row, event: Row, cap: int) -> Row:
+    """Count `event` into its bucket (unless the ring holds a later one there), then read its window."""
+    buckets, counts, values = ring["buckets"], ring["counts"], ring["values"]
+    bucket = event["ts"] // branch["step_ms"]
+    slot = bucket % len(buckets)
+    if buckets[slot] < bucket:  # the slot's bucket left the window: its counts and bits go
+        buckets[slot], counts[slot] = bucket, 0
+        for seen in values:
+            _clear(seen, slot)
+    if buckets[slot] == bucket:
+        counts[slot] += 1
+        for field, seen in zip(branch["distinct"], values, strict=True):
+            value = event.get(field)
+            if value is not None and (str(value) in seen or len(seen) < cap):
+                seen[str(value)] = seen.get(str(value), 0) | 1 << slot
+    window = [s for s, b in enumerate(buckets) if bucket - len(buckets) < b <= bucket]
+    mask = sum(1 << s for s in window)
+    row = {"event_id": event["event_id"], "branch": branch["name"], "count": sum(counts[s] for s in window)}
+    for field, seen in zip(branch["distinct"], values, strict=True):
+        row[f"distinct_{field}"] = sum(1 for bits in seen.values() if bits & mask)
+    return row
 
-    return add
 
-
-def _summary(branch: str, distinct: list[str]) -> Callable[[Row], Row]:
-    def summary(row: Row) -> Row:
-        values = {name: len(row[name]) for name in distinct}
-        return {"event_id": row["event_id"], "branch": branch, "count": row["count"], **values}
-
-    return summary
+def _clear(seen: dict[str, int], slot: int) -> None:
+    for value, bits in list(seen.items()):
+        bits &= ~(1 << slot)
+        if bits:
+            seen[value] = bits
+        else:
+            del seen[value]
 
 
 def _event_id(row: Row) -> str:

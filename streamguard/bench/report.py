@@ -1,7 +1,8 @@
 """The bench's findings: a JSON document for machines, a table for people, and the targets judged.
 
 Targets (the performance issue's): the worker at least half the raw
-pass-through and 1.5 times the Quix peer; at 50% of its throughput p99 <= 25
+pass-through, 1.5 times the Quix peer and as fast as the Kafka Streams peer
+(when it ran); at 50% of its throughput p99 <= 25
 ms and p99.9 <= 100 ms; no event-loop stall over 300 ms (no late-timer warning
 over it in the worker's log, nor a `max_stall_ms` over it on its stats page).
 """
@@ -25,8 +26,15 @@ METHODS = {
     "they come; events/s = outputs read between 10% and 90% of those owed over the time between, "
     "divided by outputs per event",
     "raw": "one confluent-kafka process: batch consume, orjson decode, one small record per event, no transactions",
-    "quix": "quixstreams 3.28.1, exactly-once, commit every 1 s: per IP/device/account/phone, sliding windows of the "
-    "lengths features/*.toml declare, count and capped distinct counts, one record per (event, branch)",
+    "quix": "quixstreams 3.28.1, exactly-once, commit every 1 s: per IP/device/account/phone, re-keyed (group_by), "
+    "one apply(stateful=True) over the State API (RocksDB, changelog) keeping per entity a ring of buckets per "
+    "branch of peer_spec at the feature's resolution, counts summed and capped distinct values (per-slot bits) over "
+    "the window ending at the event, one record per (event, branch)",
+    "kstreams": "Kafka Streams 4.4.0 (bench/kstreams), exactly_once_v2, commit every 1 s, one stream thread unless "
+    "kstreams_stream_threads says otherwise: per IP/device/account/phone, re-keyed through a repartition topic, a "
+    "Processor API processor over a persistent (RocksDB, cached, changelogged) key-value store of one record per "
+    "entity: per branch a ring of buckets at the feature's resolution, counts summed and capped distinct values "
+    "(per-slot bits) over the window ending at the event, one record per (event, branch)",
     "worker": "one streamguard worker, every feature of features/*.toml and the default ruleset",
     "latency": "events stamped and sent at the wall clock, paced at 25/50/75% of the worker's events/s, after a "
     "warm-up at 25% not recorded; latency = verdict readable (read_committed) - just before produce, one clock",
@@ -93,8 +101,10 @@ class Report:
     targets: list[Target] = field(default_factory=list)
 
     def judge(self) -> None:
-        worker, raw, quix = (self.paths.get(n) for n in ("worker", "raw", "quix"))
+        worker, raw, quix, kstreams = (self.paths.get(n) for n in ("worker", "raw", "quix", "kstreams"))
         self.ratios = {"worker/raw": _ratio(worker, raw), "worker/quix": _ratio(worker, quix)}
+        if kstreams is not None:
+            self.ratios["worker/kstreams"] = _ratio(worker, kstreams)
         kept_up = [level.sent_rate for level in self.latency if level.caught_up_s <= CAUGHT_UP_S]
         self.sustained_events_per_s = max(kept_up, default=None)
         half = next((level for level in self.latency if level.load == 0.5), None)
@@ -102,6 +112,7 @@ class Report:
         self.targets = [
             Target("worker / raw throughput", self.ratios["worker/raw"], 0.5, True),
             Target("worker / quix throughput", self.ratios["worker/quix"], 1.5, True),
+            *([Target("worker / kstreams throughput", self.ratios["worker/kstreams"], 1.0, True)] if kstreams else []),
             Target("p99 at 50% load (ms)", half.p99_ms if half else None, 25.0, False),
             Target("p99.9 at 50% load (ms)", half.p999_ms if half else None, 100.0, False),
             Target("longest event-loop stall (ms)", stall, STALL_MS, False),

@@ -1,11 +1,12 @@
-"""`streamguard bench`: the three paths in turn on the same broker, then latency, then the report.
+"""`streamguard bench`: the paths in turn on the same broker, then latency, then the report.
 
 Each throughput run pre-produces its events (the demo mix, see `traffic`),
 then starts its consumer on them from the beginning with a group of its own,
 and reads its output as it comes (see `outputs`): the raw pass-through, the
-Quix peer, then the worker. The worker stays up for the latency runs at 25%,
-50% and 75% of its measured throughput, then its memory, state and stalls
-are read and it is stopped. Last, the exactly-once floor (`floor`) runs at
+Quix peer, the Kafka Streams peer (unless it has no events), then the
+worker. The worker stays up for the latency runs at 25%, 50% and 75% of its
+measured throughput, then its memory, state and stalls are read and it is
+stopped. Last, the exactly-once floor (`floor`) runs at
 the same loads: the latency of the worker's transactions with no work in them.
 """
 
@@ -24,7 +25,7 @@ from typing import Any
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
-from streamguard.bench import latency, outputs, peer_spec, quix_env, topics, traffic
+from streamguard.bench import kstreams_env, latency, outputs, peer_spec, quix_env, topics, traffic
 from streamguard.bench.entities import EntityCensus
 from streamguard.bench.processes import Child, start
 from streamguard.bench.report import METHODS, PathResult, Report
@@ -49,6 +50,9 @@ class BenchOptions:
     out: Path
     workdir: Path
     quix_venv: Path
+    kstreams_events: int = 0  # 0: no Kafka Streams peer
+    kstreams_threads: int = 1
+    kstreams_build: Path = Path(".run/bench/kstreams")
     idle_timeout_s: float = 120.0  # no new output for this long: the path is stuck
 
 
@@ -56,55 +60,100 @@ def run_bench(settings: Settings, options: BenchOptions) -> Report:
     run_id = f"b{secrets.token_hex(3)}"  # short: Quix names its internal topics after all its input topics
     workdir = options.workdir / run_id
     workdir.mkdir(parents=True, exist_ok=True)
-    client = admin.admin_client(settings.bootstrap)
+    client = admin.admin_client(settings)
     features = load_features(settings.allowed_lateness_ms)
     print(f"bench {run_id}: broker {settings.bootstrap}, work files in {workdir}", flush=True)
     try:
-        raw = _raw_path(settings.bootstrap, client, f"{run_id}r-", options, workdir)
-        quix = _quix_path(settings.bootstrap, client, f"{run_id}q-", options, workdir, features)
-        return _worker_and_latency(settings, client, run_id, options, workdir, features, {"raw": raw, "quix": quix})
+        paths = {"raw": _raw_path(settings, client, f"{run_id}r-", options, workdir)}
+        paths.update(_peers(settings, client, run_id, options, workdir, features))
+        return _worker_and_latency(settings, client, run_id, options, workdir, features, paths)
     finally:
         topics.delete_run_topics(client, run_id)
 
 
-def _raw_path(bootstrap: str, client: AdminClient, prefix: str, options: BenchOptions, workdir: Path) -> PathResult:
+def _peers(
+    settings: Settings,
+    client: AdminClient,
+    run_id: str,
+    options: BenchOptions,
+    workdir: Path,
+    features: list[FeatureSpec],
+) -> dict[str, PathResult]:
+    """The Quix Streams peer, then the Kafka Streams one (unless it has no events), each set up before it produces."""
+    python = quix_env.ensure_venv(options.quix_venv)
+    paths = {
+        "quix": _peer_path(
+            "quix",
+            lambda spec: quix_env.start_peer(python, spec, workdir),
+            options.quix_events,
+            settings,
+            client,
+            f"{run_id}q-",
+            options,
+            workdir,
+            features,
+        )
+    }
+    if options.kstreams_events > 0:
+        jar = kstreams_env.ensure_jar(options.kstreams_build)
+        paths["kstreams"] = _peer_path(
+            "kstreams",
+            lambda spec: kstreams_env.start_peer(jar, {**spec, "stream_threads": options.kstreams_threads}, workdir),
+            options.kstreams_events,
+            settings,
+            client,
+            f"{run_id}k-",
+            options,
+            workdir,
+            features,
+        )
+    return paths
+
+
+def _raw_path(settings: Settings, client: AdminClient, prefix: str, options: BenchOptions, workdir: Path) -> PathResult:
     output = f"{prefix}bench.raw-out"
     topics.create_peer_topics(client, prefix, output)
-    sent = _produce("raw", bootstrap, prefix, options.raw_events, options)
-    argv = [sys.executable, "-m", "streamguard.bench.passthrough", "--bootstrap", bootstrap]
+    sent = _produce("raw", settings, prefix, options.raw_events, options)
+    argv = [sys.executable, "-m", "streamguard.bench.passthrough", "--bootstrap", settings.bootstrap]
     argv += ["--group", f"{prefix}g", "--output", output, *topics.input_topics(prefix)]
-    consumer = outputs.reader(bootstrap, [output], f"{prefix}reader")
+    consumer = outputs.reader(settings, [output], f"{prefix}reader")
     child = start("the raw pass-through", argv, workdir / "raw.log")
     return _drain_path("raw", child, consumer, sent, options)
 
 
-def _quix_path(
-    bootstrap: str, client: AdminClient, prefix: str, options: BenchOptions, workdir: Path, features: list[FeatureSpec]
+def _peer_path(
+    name: str,
+    start_peer: Callable[[dict[str, object]], Child],
+    events: int,
+    settings: Settings,
+    client: AdminClient,
+    prefix: str,
+    options: BenchOptions,
+    workdir: Path,
+    features: list[FeatureSpec],
 ) -> PathResult:
-    output = f"{prefix}bench.quix-out"
+    """A peer (Quix Streams, Kafka Streams) on the windows of `peer_spec`, started on its spec by `start_peer`."""
+    output = f"{prefix}bench.{name}-out"
     topics.create_peer_topics(client, prefix, output)
     branches = peer_spec.branches(features)
-    python = quix_env.ensure_venv(options.quix_venv)
-    owed = _produce(
-        "quix", bootstrap, prefix, options.quix_events, options, lambda e: peer_spec.outputs_owed(e, branches)
-    )
+    owed = _produce(name, settings, prefix, events, options, lambda e: peer_spec.outputs_owed(e, branches))
     spec = peer_spec.spec_document(
         branches,
-        bootstrap=bootstrap,
+        bootstrap=settings.bootstrap,
         inputs=topics.input_topics(prefix),
         output=output,
         group=f"{prefix}g",
-        state_dir=str(workdir / "quix-state"),
+        state_dir=str(workdir / f"{name}-state"),
     )
-    consumer = outputs.reader(bootstrap, [output], f"{prefix}reader")
-    return _drain_path("quix", quix_env.start_peer(python, spec, workdir), consumer, owed, options)
+    consumer = outputs.reader(settings, [output], f"{prefix}reader")
+    return _drain_path(name, start_peer(spec), consumer, owed, options)
 
 
 def _produce(
-    name: str, bootstrap: str, prefix: str, events: int, options: BenchOptions, owed: traffic.Owed | None = None
+    name: str, settings: Settings, prefix: str, events: int, options: BenchOptions, owed: traffic.Owed | None = None
 ) -> traffic.Sent:
     mix = traffic.traffic_for(events, options.seed, f"{prefix}e")
-    sent = traffic.produce_all(bootstrap, prefix, traffic.stamped(mix, events, options.event_rate), owed)
+    sent = traffic.produce_all(settings, prefix, traffic.stamped(mix, events, options.event_rate), owed)
     print(f"bench {name}: produced {events:,} events in {sent.seconds:.1f} s", flush=True)
     return sent
 
@@ -150,8 +199,8 @@ def _worker_and_latency(
     prefix, app_id = f"{run_id}w-", f"{run_id}w"
     topics.create_worker_topics(client, prefix, app_id)
     census = EntityCensus(features)
-    sent = _produce("worker", settings.bootstrap, prefix, options.events, options, census.observe)
-    consumer = outputs.reader(settings.bootstrap, topics.verdict_topics(prefix), f"{prefix}reader")
+    sent = _produce("worker", settings, prefix, options.events, options, census.observe)
+    consumer = outputs.reader(settings, topics.verdict_topics(prefix), f"{prefix}reader")
     worker = start_worker(
         _worker_env(settings, prefix, app_id), workdir / "worker", _free_port(), workdir / "worker.log"
     )
@@ -161,27 +210,27 @@ def _worker_and_latency(
         consumer.close()
         paths["worker"] = _result("worker", sent, drained, worker.child.peak_rss_bytes())
         throughput = paths["worker"].events_per_s
-        levels = _latency("worker", settings.bootstrap, prefix, worker.child.check_alive, throughput, options,
+        levels = _latency("worker", settings, prefix, worker.child.check_alive, throughput, options,
                           census.observe)  # fmt: skip
         stats, rss = worker.stats(), worker.child.peak_rss_bytes()
     finally:
         worker.child.stop()
-    floor = _floor_latency(settings.bootstrap, client, run_id, throughput, options, workdir)
+    floor = _floor_latency(settings, client, run_id, throughput, options, workdir)
     report = _report(settings, options, paths, levels, floor, rss, worker, stats, census)
     report.judge()
     return report
 
 
 def _floor_latency(
-    bootstrap: str, client: AdminClient, run_id: str, throughput: float, options: BenchOptions, workdir: Path
+    settings: Settings, client: AdminClient, run_id: str, throughput: float, options: BenchOptions, workdir: Path
 ) -> list[latency.LatencyLevel]:
     """The exactly-once floor's latency at the worker's loads, on topics shaped like the worker's."""
     prefix, app_id = f"{run_id}x-", f"{run_id}x"
     topics.create_worker_topics(client, prefix, app_id)
-    argv = [sys.executable, "-m", "streamguard.bench.floor", "--bootstrap", bootstrap, "--prefix", prefix]
+    argv = [sys.executable, "-m", "streamguard.bench.floor", "--bootstrap", settings.bootstrap, "--prefix", prefix]
     child = start("the exactly-once floor", [*argv, "--app-id", app_id], workdir / "floor.log")
     try:
-        return _latency("floor", bootstrap, prefix, child.check_alive, throughput, options, lambda _event: 0)
+        return _latency("floor", settings, prefix, child.check_alive, throughput, options, lambda _event: 0)
     finally:
         child.stop()
 
@@ -203,7 +252,7 @@ def _free_port() -> int:
 
 def _latency(
     name: str,
-    bootstrap: str,
+    settings: Settings,
     prefix: str,
     check_alive: Callable[[], None],
     throughput: float,
@@ -211,8 +260,8 @@ def _latency(
     observe: Callable[[dict[str, Any]], int],
 ) -> list[latency.LatencyLevel]:
     mix = traffic.traffic_for(int(throughput * options.latency_seconds), options.seed + 1, f"{prefix}l")
-    send, done = latency.sender(bootstrap, prefix, mix, observe)
-    clock = latency.VerdictClock(bootstrap, topics.verdict_topics(prefix), f"{prefix}clock")
+    send, done = latency.sender(settings, prefix, mix, observe)
+    clock = latency.VerdictClock(settings, topics.verdict_topics(prefix), f"{prefix}clock")
     levels = []
     try:
         warmup_s = min(WARMUP_S, options.latency_seconds / 2)  # the switch from draining a backlog to live traffic
@@ -246,6 +295,8 @@ def _report(
             "worker_events": options.events,
             "raw_events": options.raw_events,
             "quix_events": options.quix_events,
+            "kstreams_events": options.kstreams_events,
+            "kstreams_stream_threads": options.kstreams_threads,
             "latency_seconds_per_load": options.latency_seconds,
             "event_rate_stamped": options.event_rate,
             "seed": options.seed,

@@ -18,7 +18,8 @@ from tests.integration.harness import ROOT, Broker
 
 pytestmark = pytest.mark.integration
 
-SMOKE = ["--events", "1500", "--raw-events", "3000", "--quix-events", "600", "--latency-seconds", "2"]
+SMOKE = ["--events", "1500", "--raw-events", "3000", "--quix-events", "600", "--kstreams-events", "1500"]
+SMOKE += ["--latency-seconds", "2"]
 
 
 @pytest.mark.timeout(900)
@@ -26,7 +27,8 @@ def test_a_smoke_bench_measures_every_path_and_writes_the_report(broker: Broker,
     out = tmp_path / "report.json"
     result = subprocess.run(
         [sys.executable, "-m", "streamguard.cli", "bench", *SMOKE, "--bootstrap", broker.bootstrap]
-        + ["--out", str(out), "--workdir", str(tmp_path / "bench"), "--quix-venv", str(ROOT / ".run/bench/quix-venv")],
+        + ["--out", str(out), "--workdir", str(tmp_path / "bench"), "--quix-venv", str(ROOT / ".run/bench/quix-venv")]
+        + ["--kstreams-build", str(ROOT / ".run/bench/kstreams")],
         env={**os.environ, "STREAMGUARD_HASH_KEY": "integration-test-key-0123456789"},
         cwd=ROOT,
         text=True,
@@ -39,6 +41,7 @@ def test_a_smoke_bench_measures_every_path_and_writes_the_report(broker: Broker,
     worker = report["paths"]["worker"]
     assert (worker["events"], worker["outputs_read"], worker["missing"], worker["extra"]) == (1500, 1500, 0, 0)
     assert report["paths"]["raw"]["events"] == 3000 and report["paths"]["quix"]["events"] == 600
+    assert report["paths"]["kstreams"]["events"] == 1500
     for name, path in report["paths"].items():
         assert path["complete"], (name, path)
         assert path["events_per_s"] > 0 and path["peak_rss_bytes"] > 0, (name, path)
@@ -51,7 +54,7 @@ def test_a_smoke_bench_measures_every_path_and_writes_the_report(broker: Broker,
 
     assert report["worker_peak_rss_bytes"] > 0
     assert report["state"]["bytes"] > 0 and report["state"]["entities"] > 0 and report["state"]["bytes_per_entity"] > 0
-    assert report["ratios"]["worker/raw"] > 0 and report["ratios"]["worker/quix"] > 0
-    assert {t["name"] for t in report["targets"]} >= {"worker / raw throughput", "p99 at 50% load (ms)"}
+    assert all(report["ratios"][r] > 0 for r in ("worker/raw", "worker/quix", "worker/kstreams"))
+    assert {t["name"] for t in report["targets"]} >= {"worker / kstreams throughput", "p99 at 50% load (ms)"}
     assert all(isinstance(t["passed"], bool) for t in report["targets"])
-    assert "worker/raw = " in result.stdout and "exactly-once floor" in result.stdout and "targets:" in result.stdout
+    assert all(text in result.stdout for text in ("worker/kstreams = ", "exactly-once floor", "targets:"))
