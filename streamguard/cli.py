@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("bootstrap", "web_port", "data_dir", "topic_prefix", "app_id", "log_level")
+    names = ("bootstrap", "web_port", "data_dir", "topic_prefix", "app_id", "log_level", "shards")
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
@@ -60,7 +60,15 @@ def _parser() -> argparse.ArgumentParser:
 
     topics = command("topics", "create the topics of topics/ and report drift")
     topics.add_argument("action", choices=["create", "check"])
+    topics.add_argument("--shards", type=int, help="the shard count of a new app (STREAMGUARD_SHARDS)")
     topics.set_defaults(run=_topics)
+
+    reshard = command("reshard", "move an app's state to another shard count, with every worker stopped")
+    reshard.add_argument("--to", dest="to_shards", type=int, required=True, help="the new shard count")
+    reshard.add_argument(
+        "--workdir", type=Path, default=Path(".run/reshard"), help="where the state is staged (kept if it fails)"
+    )
+    reshard.set_defaults(run=_reshard)
 
     demo = command("demo", "stream labelled demo traffic and show what the workers decide")
     demo.add_argument("--rate", type=float, default=500.0, help="events per second")
@@ -68,17 +76,33 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=1)
     demo.set_defaults(run=_demo)
 
-    bench = command("bench", "measure one worker against raw Kafka and Quix Streams; print and write a report")
+    bench = command(
+        "bench", "measure one worker against raw Kafka, Quix Streams and Kafka Streams; print and write a report"
+    )
     bench.add_argument("--events", type=int, default=60_000, help="events of the worker's throughput run")
     bench.add_argument("--raw-events", type=int, default=300_000, help="events of the raw pass-through's run")
     bench.add_argument("--quix-events", type=int, default=15_000, help="events of the Quix Streams peer's run")
+    bench.add_argument(
+        "--kstreams-events", type=int, default=60_000, help="events of the Kafka Streams peer's run (0: leave it out)"
+    )
+    bench.add_argument("--kstreams-threads", type=int, default=1, help="the Kafka Streams peer's num.stream.threads")
     bench.add_argument("--latency-seconds", type=float, default=20.0, help="seconds of traffic per latency load")
     bench.add_argument("--event-rate", type=float, default=2000.0, help="rate the pre-produced events are stamped at")
     bench.add_argument("--seed", type=int, default=1)
     bench.add_argument("--out", type=Path, default=Path(".run/bench/report.json"), help="where the JSON report goes")
     bench.add_argument("--workdir", type=Path, default=Path(".run/bench"), help="logs and state of each run")
     bench.add_argument("--quix-venv", type=Path, default=Path(".run/bench/quix-venv"), help="made if missing")
+    bench.add_argument(
+        "--kstreams-build", type=Path, default=Path(".run/bench/kstreams"), help="the peer's jar; built if missing"
+    )
     bench.set_defaults(run=_bench)
+
+    core = command("bench-core", "measure the batch core alone, offline: CPU per event, state per entity, restore")
+    core.add_argument("--scenario", type=Path, help="a file ../shared/scenarios/generate.py wrote (default: demo mix)")
+    core.add_argument("--events", type=int, default=100_000, help="demo events, without --scenario")
+    core.add_argument("--batch", type=int, default=5000, help="records per batch, as the engine's merge releases them")
+    core.add_argument("--seed", type=int, default=1)
+    core.set_defaults(run=_bench_core)
 
     rules = command("rules", "check a ruleset file, or check it and publish it to control.rules")
     rules.add_argument("action", choices=["check", "publish"])
@@ -130,10 +154,13 @@ def _topics(settings: Settings, args: argparse.Namespace) -> int:
 
 def _apply_topics(settings: Settings, quiet: bool, create: bool = True) -> list[str]:
     from streamguard.topics import admin
-    from streamguard.topics.spec import load_specs
+    from streamguard.topics.identity import app_topics
 
-    specs = load_specs(settings.topic_prefix, settings.app_id)
-    client = admin.admin_client(settings.bootstrap)
+    specs, names = app_topics(settings)
+    if names.shards != settings.shards and not quiet:
+        print(f"this app has {names.shards} shards (STREAMGUARD_SHARDS and --shards apply to new apps; "
+              f"`streamguard reshard --to {settings.shards}` re-shards this one)")  # fmt: skip
+    client = admin.admin_client(settings)
     if create:
         for name in admin.create_missing(client, specs):
             print(f"created {name}")
@@ -145,18 +172,41 @@ def _apply_topics(settings: Settings, quiet: bool, create: bool = True) -> list[
     return problems
 
 
+def _reshard(settings: Settings, args: argparse.Namespace) -> int:
+    from streamguard.reshard.run import reshard
+
+    print(reshard(settings, args.to_shards, args.workdir))
+    return 0
+
+
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
     from streamguard.demo.run import run_demo
 
     return run_demo(settings, rate=args.rate, seconds=args.seconds, seed=args.seed)
 
 
+def _bench_core(settings: Settings, args: argparse.Namespace) -> int:
+    import time
+
+    from streamguard.bench.core import bench_core, demo_records, print_figures, scenario_records
+
+    settings.require_hash_key()
+    now_ms = int(time.time() * 1000)
+    if args.scenario is not None:
+        records = scenario_records(settings, args.scenario)
+    else:
+        records = demo_records(settings, args.events, args.seed, now_ms)
+    print_figures(bench_core(settings, records, args.batch, now_ms))
+    return 0
+
+
 def _bench(settings: Settings, args: argparse.Namespace) -> int:
     """Exit 0 when the bench ran and every path wrote what it owed; the targets are reported, not enforced."""
     from streamguard.bench.run import BenchOptions, run_bench
 
-    names = ("events", "raw_events", "quix_events", "latency_seconds", "event_rate", "seed", "out", "workdir")
-    options = BenchOptions(**{n: getattr(args, n) for n in names}, quix_venv=args.quix_venv)
+    names = ["events", "raw_events", "quix_events", "kstreams_events", "kstreams_threads", "latency_seconds"]
+    names += ["event_rate", "seed", "out", "workdir", "quix_venv", "kstreams_build"]
+    options = BenchOptions(**{n: getattr(args, n) for n in names})
     report = run_bench(settings, options)
     report.write(args.out)
     print(report.table())
@@ -194,9 +244,10 @@ def _lists(settings: Settings, args: argparse.Namespace) -> int:
 def _publish(settings: Settings, topic: str, key: bytes, value: bytes | None) -> None:
     from confluent_kafka import Producer
 
+    from streamguard import kafka_config
     from streamguard.errors import BrokerError
 
-    producer = Producer({"bootstrap.servers": settings.bootstrap, "enable.idempotence": True})
+    producer = Producer(kafka_config.publisher(settings))
     errors: list[Any] = []
     producer.produce(settings.topic(topic), value, key, on_delivery=lambda err, _: errors.append(err))
     if producer.flush(30) or errors[0] is not None:
