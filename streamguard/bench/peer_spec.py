@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
-from streamguard.features.spec import DERIVED, FeatureSpec
+from streamguard.entities import DERIVED
+from streamguard.features.spec import FeatureSpec
 
 PEER_ENTITIES = ("ip", "device_id", "account_id", "phone")
 PEER_AGGREGATES = ("count", "distinct")

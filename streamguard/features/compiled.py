@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import ipaddress
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from streamguard.entities import ip_network, phone_block
 from streamguard.events import AnyEvent
 from streamguard.features.spec import FeatureSpec
 from streamguard.features.windows import DistinctWindow, ExtremeWindow, SinceLastWindow, SumWindow, Window
@@ -24,18 +24,6 @@ _OPS: Final[dict[str, Callable[[Any, Any], bool]]] = {
     "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
     "in": lambda a, b: a in b,
 }  # fmt: skip
-
-
-def ip_network(ip: str) -> str:
-    """The /24 of an IPv4 address or the /64 of an IPv6 one."""
-    if ":" in ip:
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return ip.rsplit(".", 1)[0] + ".0/24"  # the codec accepted it as IPv4: four decimal octets
-
-
-def phone_block(phone: str, digits: int) -> str:
-    """The first `digits` digits of an E.164 number: consecutive numbers share it."""
-    return phone[1 : 1 + digits]
 
 
 def field_value(event: AnyEvent, name: str, fingerprint: str | None, block_digits: int | None) -> Any:

@@ -26,6 +26,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
+from streamguard.entities import DERIVED, SOURCE_FIELD
 from streamguard.errors import ConfigError
 from streamguard.events import EVENT_CLASSES, EVENT_TYPES
 
@@ -42,16 +43,8 @@ MAX_WINDOW_MS: Final = 24 * 3_600_000
 _UNITS: Final = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000}
 _NAME: Final = re.compile(r"^[a-z][a-z0-9_]{0,79}$")
 
-# The event field an entity is read from ("fingerprint" is learnt from device events for other types).
-ENTITY_FIELD: Final[dict[str, str | None]] = {
-    "ip": "ip", "ip_network": "ip", "device_id": "device_id", "fingerprint": "device_id",
-    "account_id": "account_id", "phone": "phone", "phone_block": "phone", "instrument_id": "instrument_id",
-    "invite_code": "invite_code", "promo_code": "promo_code", "merchant_id": "merchant_id", "global": None,
-}  # fmt: skip
-
-
-# Fields computed from an event rather than sent in it.
-DERIVED: Final[dict[str, str]] = {"ip_network": "ip", "phone_block": "phone", "fingerprint": "device_id"}
+# The event field each entity kind is read from, and the fields computed from others: see `entities`.
+ENTITY_FIELD: Final = SOURCE_FIELD
 
 
 class Predicate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

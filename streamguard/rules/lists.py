@@ -16,21 +16,14 @@ from typing import Final
 
 import msgspec
 
+from streamguard.entities import LIST_KINDS, ip_network
 from streamguard.errors import ConfigError
 from streamguard.events import AnyEvent
-from streamguard.features.compiled import field_value, ip_network
+from streamguard.features.compiled import field_value
 from streamguard.privacy import Pseudonyms
 
-# List entity -> the entity id features and verdict details use.
-LIST_ENTITIES: Final = {
-    "ip": "ip",
-    "network": "ip_network",
-    "device": "device_id",
-    "fingerprint": "fingerprint",
-    "account": "account_id",
-    "phone": "phone",
-    "instrument": "instrument_id",
-}
+# List entity -> the entity kind features and verdict details use.
+LIST_ENTITIES: Final = LIST_KINDS
 LISTS: Final = ("block", "allow")
 
 
