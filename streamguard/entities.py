@@ -90,6 +90,8 @@ class EntityKind:
         raw = sources.get(field)
         if raw is None:
             raw = sources[field] = [getattr(e, field, None) for e in events]
+            if any(not isinstance(v, str) for v in raw if v is not None):  # a number or a flag, as text
+                raw = sources[field] = [v if v is None else str(v) for v in raw]
         if self.base in DERIVED and self.base != "fingerprint":
             derive = self.derive
             return [None if v is None else derive(v) for v in raw]

@@ -22,9 +22,17 @@ class Detector:
         self.lists = Lists(pseudonymizer)
         self._pseudo = pseudonymizer
 
-    def decide(self, event: AnyEvent, values: dict[str, float], entities: dict[str, bytes], now_ms: int) -> Verdict:
+    def decide(
+        self,
+        event: AnyEvent,
+        values: dict[str, float],
+        entities: dict[str, bytes],
+        now_ms: int,
+        program: Program | None = None,
+    ) -> Verdict:
+        """`program`: the ruleset to decide by (default: the one in force; a batch passes the one it read with)."""
         kind = event_type(event)
-        program = self.program  # one ruleset per verdict, even if it is replaced meanwhile
+        program = program or self.program  # one ruleset per verdict, even if it is replaced meanwhile
         reasons: list[Reason] = []
         allowed: frozenset[str] = frozenset()
         if len(self.lists):

@@ -14,12 +14,13 @@ from typing import Final
 
 import numpy as np
 
-from streamguard.columnar.hashing import DELETED, LAYOUT_VERSION
+from streamguard.columnar.hashing import DELETED, LAYOUT_VERSION, ColumnHashes
 from streamguard.columnar.layout import Layout
 from streamguard.columnar.pack import shard_of_keys
 from streamguard.columnar.state import ColumnarState, load, packed
 from streamguard.columnar.tables import INLINE, forget_entities
 from streamguard.errors import StreamguardError
+from streamguard.kernels.window import HLL_REGISTERS
 
 HEADER_WORDS: Final = 3  # layout fingerprint, entities, expired keys
 
@@ -28,16 +29,17 @@ class LayoutMismatch(StreamguardError):
     """A record of state made under another layout."""
 
 
-def layout_fingerprint(layout: Layout) -> int:
-    """Changes whenever what state means or how it is packed changes."""
+def layout_fingerprint(layout: Layout, hashes: ColumnHashes) -> int:
+    """Changes whenever what state means or how it is packed changes, the hash key included."""
     shape = b"|".join(
-        [LAYOUT_VERSION, str(INLINE).encode(), str(layout.lateness_ms).encode()]
+        [LAYOUT_VERSION, str(INLINE).encode(), str(HLL_REGISTERS).encode(), str(layout.lateness_ms).encode()]
+        + [hashes.digest("layout", "fingerprint")]
         + [bytes.fromhex(spec.state_id) for spec in layout.specs]
     )
     return int.from_bytes(hashlib.blake2b(shape, digest_size=8).digest(), "little", signed=True)
 
 
-def take_changes(state: ColumnarState, expired: np.ndarray, shards: int) -> dict[int, bytes]:
+def take_changes(state: ColumnarState, hashes: ColumnHashes, expired: np.ndarray, shards: int) -> dict[int, bytes]:
     """Per shard, the record of what changed since the last call (`expired`: the keys `expire` freed meanwhile)."""
     ids = state.take_changed()
     ids = ids[state.entities.key[ids] > DELETED]  # changed, then expired: in `expired`
@@ -45,7 +47,7 @@ def take_changes(state: ColumnarState, expired: np.ndarray, shards: int) -> dict
     starts = np.concatenate([[0], ends[:-1]]) if ids.size else ends
     entity_shards = shard_of_keys(state.entities.key[ids], shards)
     expired_shards = shard_of_keys(expired, shards)
-    fingerprint = layout_fingerprint(state.layout)
+    fingerprint = layout_fingerprint(state.layout, hashes)
     records = {}
     for shard in np.union1d(entity_shards, expired_shards).tolist():
         mine = np.flatnonzero(entity_shards == shard)
@@ -56,14 +58,14 @@ def take_changes(state: ColumnarState, expired: np.ndarray, shards: int) -> dict
     return records
 
 
-def apply_changes(state: ColumnarState, record: bytes) -> None:
+def apply_changes(state: ColumnarState, hashes: ColumnHashes, record: bytes) -> None:
     """Apply one record of `take_changes` to `state` (a restore, or a replica)."""
     words = np.frombuffer(record, np.int64)
     fingerprint, _, expired = (int(x) for x in words[:HEADER_WORDS])
-    if fingerprint != layout_fingerprint(state.layout):
+    if fingerprint != layout_fingerprint(state.layout, hashes):
         raise LayoutMismatch(
-            "a state record was made under another layout of features or state; this state must be rebuilt from "
-            "scratch (the features or the packing changed)"
+            "a state record was made under another layout of features or state, or another hash key; this state "
+            "must be rebuilt from scratch"
         )
     gone = words[HEADER_WORDS : HEADER_WORDS + expired].view(np.uint64)
     kinds = state.layout.kind_arrays

@@ -14,7 +14,6 @@ their partitions were merged in): each sees those before it.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 import msgspec
@@ -24,7 +23,7 @@ import orjson
 from streamguard.codec import decode_event, encode_verdict, event_type
 from streamguard.columnar.columns import columns_of
 from streamguard.columnar.hashing import ABSENT, ColumnHashes
-from streamguard.columnar.layout import Layout
+from streamguard.columnar.layout import Layout, ReadPlan
 from streamguard.columnar.rules import rules_fired
 from streamguard.columnar.state import ColumnarState
 from streamguard.errors import InvalidEvent
@@ -36,8 +35,6 @@ from streamguard.pipeline.records import Incoming, Outgoing
 from streamguard.rules.program import Program
 from streamguard.topics.names import TopicNames
 from streamguard.verdicts import Detector
-
-log = logging.getLogger(__name__)
 
 _encode = msgspec.json.Encoder().encode
 
@@ -65,25 +62,30 @@ class BatchCore:
         self._detector = detector
         self._hashes = hashes
         self._features_topic = features_topic
-        program = detector.program
-        read = None if features_topic else {kind: program.features_read(kind) for kind in EVENT_TYPES}
-        self.layout = Layout(specs, lateness_ms, read)
+        self.layout = Layout(specs, lateness_ms)
         self.state = ColumnarState(self.layout, dedup_retention_ms)
-        self._program: Program | None = None
-        self._read_columns: dict[str, list[int]] = {}
+        self._plan: tuple[Program | None, ReadPlan] = (None, self.layout.plan(None))
 
     def process(self, records: list[Incoming], now_ms: int) -> BatchOutput:
         output = BatchOutput()
         events, sources = self._decode(records, now_ms, output)
         if not events:
             return output
-        layout = self.layout
-        columns = columns_of(events, layout, self._hashes)
-        order = np.arange(len(events))  # the batch is in event-time order; ties keep the batch's order
-        order = order[np.argsort(columns.ts, kind="stable")]
-        counted = self.state.count(order, columns.ts, columns.etype, columns.flags, columns.numbers, columns.hashes)
+        try:
+            columns = columns_of(events, self.layout, self._hashes)
+        except MemoryError:
+            raise
+        except Exception:  # a defect one of them meets: find which, one event at a time
+            if len(records) == 1:
+                raise
+            return self._one_at_a_time(records, now_ms)
+        program = self._detector.program  # one ruleset for the whole batch, even if it is replaced meanwhile
+        order = np.argsort(columns.ts, kind="stable")  # ties keep the batch's order
+        counted = self.state.count(order, columns.ts, columns.etype, columns.flags, columns.numbers, columns.hashes,
+                                   self._read_plan(program))  # fmt: skip
         output.duplicates = int(counted.duplicate.sum())
-        decided = self._decide(events, counted.values, counted.duplicate, columns.hashes, columns.etype, now_ms)
+        decided = self._decide(program, events, counted.values, counted.duplicate, columns.hashes, columns.etype,
+                               now_ms)  # fmt: skip
         for i in order.tolist():
             verdict = decided[i]
             if verdict is None:
@@ -99,6 +101,32 @@ class BatchCore:
                 output.outs.append(self._feature_record(event, kind, counted.values[i], columns.hashes[i]))
         self.state.expire()
         return output
+
+    def _one_at_a_time(self, records: list[Incoming], now_ms: int) -> BatchOutput:
+        """Each record as a batch of its own: one that raises goes to the dead letters (`processing_error`)."""
+        output = BatchOutput()
+        for record in records:
+            try:
+                one = self.process([record], now_ms)
+            except MemoryError:
+                raise
+            except Exception as exc:
+                log_failure("deciding an event", exc)
+                one = BatchOutput(processing_errors=1)
+                code, detail = ErrorCode.PROCESSING_ERROR, describe(exc)
+                one.outs.append(dead_letter(record, code, detail, self._names.deadletter))
+            output.outs += one.outs
+            output.duplicates += one.duplicates
+            output.processing_errors += one.processing_errors
+        return output
+
+    def _read_plan(self, program: Program) -> ReadPlan:
+        """What the batch reads: every feature for the features topic, else what `program`'s rules look at."""
+        if self._features_topic or self._plan[0] is program:
+            return self._plan[1]
+        plan = self.layout.plan({kind: program.features_read(kind) for kind in EVENT_TYPES})
+        self._plan = (program, plan)
+        return plan
 
     def _decode(
         self, records: list[Incoming], now_ms: int, output: BatchOutput
@@ -121,6 +149,7 @@ class BatchCore:
 
     def _decide(
         self,
+        program: Program,
         events: list[AnyEvent],
         values: np.ndarray,
         duplicate: np.ndarray,
@@ -130,7 +159,6 @@ class BatchCore:
     ) -> list[bytes | Exception | None]:
         """Each event's verdict bytes (None for a duplicate; the exception if deciding it raised)."""
         detector = self._detector
-        program = detector.program  # one ruleset for the whole batch, even if it is replaced meanwhile
         label = _encode(program.ruleset.label)
         decided: list[bytes | Exception | None] = [None] * len(events)
         listed = len(detector.lists) > 0
@@ -139,14 +167,21 @@ class BatchCore:
             if rows.size == 0:
                 continue
             kind_events = [events[i] for i in rows.tolist()]
-            fired = rules_fired(program, kind, kind_events, values[rows], self.layout.index)
+            try:
+                fired = rules_fired(program, kind, kind_events, values[rows], self.layout.index)
+            except MemoryError:
+                raise
+            except Exception as exc:  # a fact that raises: each event goes through the detector, alone
+                log_failure("running the rules over a batch", exc)
+                fired = np.ones(len(kind_events), np.bool_)
             template = _allow_template(kind, label, now_ms)
             for j, (i, event) in enumerate(zip(rows.tolist(), kind_events, strict=True)):
                 if not (listed or fired[j]):
                     decided[i] = template % (_encode(event.event_id), event.ts)
                     continue
                 try:
-                    verdict = detector.decide(event, self._values(kind, values[i]), self._entities(hashes[i]), now_ms)
+                    inputs = self._values(program, kind, values[i])
+                    verdict = detector.decide(event, inputs, self._entities(hashes[i]), now_ms, program)
                     decided[i] = encode_verdict(verdict)
                 except MemoryError:
                     raise
@@ -155,8 +190,7 @@ class BatchCore:
                     decided[i] = exc
         return decided
 
-    def _values(self, kind: str, row: np.ndarray) -> dict[str, float]:
-        program = self._detector.program
+    def _values(self, program: Program, kind: str, row: np.ndarray) -> dict[str, float]:
         return {name: float(row[self.layout.index[name]]) for name in program.features_read(kind)}
 
     def _entities(self, row: np.ndarray) -> dict[str, bytes]:

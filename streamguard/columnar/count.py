@@ -67,7 +67,7 @@ def new_scratch() -> Scratch:
 @kernel
 def count_batch(
     order, start, ts, etype, flags, numbers, hashes,  # the batch, as columns
-    features, kinds, caps, by_type, by_type_count,  # the layout
+    features, kinds, caps, read_types, by_type, by_type_count,  # the layout, and what the ruleset reads
     entities, pool, ids, links,  # the state
     dedup, device_type, fingerprint_column, device_column, lateness, link_memory,
     out, duplicate, room, scratch,
@@ -98,23 +98,23 @@ def count_batch(
         t = etype[i]
         for k in range(nkinds):
             key = row_hashes[k]
-            if key == uint64(ABSENT):
-                of_kind[k] = NONE
-            else:
-                of_kind[k] = _entity_of(entities, kinds, k, key, (kinds.counted_types[k] >> t) & 1 == 1)
+            of_kind[k] = NONE if key == uint64(ABSENT) else _entity_of(entities, kinds, k, key, False)
         fl = flags[i]
         row_numbers = numbers[i]
         for j in range(by_type_count[t]):
             f = by_type[t, j]
-            entity = of_kind[features.kind[f]]
-            if row_hashes[features.kind[f]] == uint64(ABSENT):
+            k = features.kind[f]
+            if row_hashes[k] == uint64(ABSENT):
                 continue
-            read = (features.read_types[f] >> t) & 1 == 1
-            if entity < 0:  # an entity never counted: its windows are empty
-                if read:
-                    out[i, f] = _empty_value(features.aggregate[f])
-                continue
+            read = (read_types[f] >> t) & 1 == 1
             counts = _counts(features, f, t, fl, row_numbers, row_hashes)
+            entity = of_kind[k]
+            if entity < 0:
+                if not counts:  # an entity nothing counted yet: its windows are empty
+                    if read:
+                        out[i, f] = _empty_value(features.aggregate[f])
+                    continue
+                entity = of_kind[k] = _entity_of(entities, kinds, k, row_hashes[k], True)
             if counts and not entities.is_dirty[entity]:
                 entities.is_dirty[entity] = True
                 entities.dirty[entities.counters[DIRTY]] = entity

@@ -100,27 +100,30 @@ def hash_strings(buf, ends, k0, k1, out):
 
 @kernel
 def hash_separated(buf, k0, k1, out):
-    """Hash the NUL-terminated strings of `buf` into `out` (an empty one: ABSENT); how many there were."""
+    """Hash the NUL-terminated values of `buf` into `out`; how many there were.
+
+    A value is marked by a leading 0x01 (not hashed): an empty string is a value, nothing at all is ABSENT.
+    """
     start, n = 0, 0
     for i in range(buf.shape[0]):
         if buf[i] == 0:
             if n < out.shape[0]:
-                out[n] = siphash13(buf, start, i, k0, k1) if i > start else uint64(ABSENT)
+                out[n] = siphash13(buf, start + 1, i, k0, k1) if i > start else uint64(ABSENT)
             n += 1
             start = i + 1
     return n
 
 
 def hash_column(values: list[str | None], keys: tuple[np.uint64, np.uint64]) -> np.ndarray:
-    """The keyed hashes of a column of strings (ABSENT where None or empty)."""
+    """The keyed hashes of a column of strings (ABSENT where None)."""
     out = np.empty(len(values), np.uint64)
-    joined = "\x00".join([v or "" for v in values]).encode() + b"\x00"
+    joined = "\x00".join(["" if v is None else "\x01" + v for v in values]).encode() + b"\x00"
     if hash_separated(np.frombuffer(joined, np.uint8), keys[0], keys[1], out) == len(values):
         return out
     # A value holds a NUL (JSON allows \u0000): one string at a time
     encoded = [b"" if v is None else v.encode() for v in values]
     ends = np.cumsum(np.fromiter(map(len, encoded), np.int64, len(encoded)))
-    ends[np.fromiter((not v for v in values), np.bool_, len(values))] = -1
+    ends[np.fromiter((v is None for v in values), np.bool_, len(values))] = -1
     hash_strings(np.frombuffer(b"".join(encoded), np.uint8), ends, keys[0], keys[1], out)
     return out
 

@@ -11,16 +11,21 @@ the `FeatureArrays` tuple: one array per attribute, indexed by feature.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from streamguard.entities import EntityKind, kind_name
+from streamguard.errors import ConfigError
 from streamguard.events import EVENT_TYPES
-from streamguard.features.spec import FeatureSpec
+from streamguard.features.spec import MAX_SLOTS, FeatureSpec
 
 COUNT, SUM, DISTINCT, SINCE_LAST, MIN, MAX = range(6)
+MAX_COLUMNS = 64  # the count kernel's scratch row of an event's entities (count.MAX_KINDS)
+MAX_DISTINCT_FEATURES = 64  # pool and register blocks an event may take at most (count.RESERVE_BLOCKS)
+MAX_PREDICATES = 63  # bits of an event's flags
 AGGREGATES = {"count": COUNT, "sum": SUM, "distinct": DISTINCT, "since_last": SINCE_LAST, "min": MIN, "max": MAX}
 TYPE_CODE = {kind: code for code, kind in enumerate(EVENT_TYPES)}
 
@@ -38,7 +43,6 @@ class FeatureArrays(NamedTuple):
     predicates: np.ndarray  # bit per predicate (`Layout.predicates`) that must hold to count
     hash_column: np.ndarray  # distinct: the column of value hashes it counts (-1 otherwise)
     number_column: np.ndarray  # sum/min/max: the column of numbers it reads (-1 otherwise)
-    read_types: np.ndarray  # bit per event type code whose events read its value
     lifetime: np.ndarray  # ms after its newest data it can still matter: window plus lateness
 
 
@@ -65,8 +69,7 @@ class Predicate:
 class Layout:
     """Which columns a batch needs, and where each feature's state is in its kind's rows."""
 
-    def __init__(self, specs: list[FeatureSpec], lateness_ms: int, read: dict[str, frozenset[str]] | None) -> None:
-        """`read`: per event type, the features its verdicts need (None: every feature, for the features topic)."""
+    def __init__(self, specs: list[FeatureSpec], lateness_ms: int) -> None:
         self.specs = specs
         self.lateness_ms = lateness_ms
         self.kinds = _unique(kind_name(s.entity, s.phone_block_digits) for s in specs)
@@ -88,15 +91,8 @@ class Layout:
         self.rings = [0] * len(self.kinds)
         self.last_width = [0] * len(self.kinds)
         self.distinct_width = [0] * len(self.kinds)
-        self.arrays = self._arrays(read)
-        by_type = [
-            [f for f in range(len(specs)) if (self.arrays.counted_types[f] | self.arrays.read_types[f]) >> code & 1]
-            for code in range(len(EVENT_TYPES))
-        ]
-        self.by_type_count = np.array([len(fs) for fs in by_type], np.int64)
-        self.by_type = np.full((len(EVENT_TYPES), max(1, int(self.by_type_count.max()))), -1, np.int64)
-        for code, fs in enumerate(by_type):
-            self.by_type[code, : len(fs)] = fs
+        self.arrays = self._arrays()
+        self._check_limits()
         self.index = {s.name: f for f, s in enumerate(specs)}
         per_kind = [self.features_of(k) for k in range(len(self.kinds))]
         self.kind_arrays = KindArrays(
@@ -110,7 +106,40 @@ class Layout:
             first=np.cumsum([0] + [len(fs) for fs in per_kind]).astype(np.int64),
         )
 
-    def _arrays(self, read: dict[str, frozenset[str]] | None) -> FeatureArrays:
+    def plan(self, read: dict[str, frozenset[str]] | None) -> ReadPlan:
+        """What a batch reads: per event type, the features its verdicts need (None: every feature).
+
+        Made again whenever the ruleset changes: a new rule may read a feature no rule read.
+        """
+        read_types = np.array(
+            [
+                _bits(kind for kind in TYPE_CODE if read is None or spec.name in read.get(kind, ()))
+                for spec in self.specs
+            ],
+            np.int64,
+        )
+        touched = self.arrays.counted_types | read_types
+        by_type = [[f for f in range(len(self.specs)) if touched[f] >> code & 1] for code in range(len(EVENT_TYPES))]
+        count = np.array([len(fs) for fs in by_type], np.int64)
+        table = np.full((len(EVENT_TYPES), max(1, int(count.max()))), -1, np.int64)
+        for code, fs in enumerate(by_type):
+            table[code, : len(fs)] = fs
+        return ReadPlan(read_types, table, count)
+
+    def _check_limits(self) -> None:
+        """What the kernels rely on (they check no bounds)."""
+        distinct = int((self.arrays.aggregate == DISTINCT).sum())
+        limits = [
+            (len(self.hash_columns) <= MAX_COLUMNS, f"at most {MAX_COLUMNS} entity kinds and distinct fields"),
+            (distinct <= MAX_DISTINCT_FEATURES, f"at most {MAX_DISTINCT_FEATURES} distinct features"),
+            (len(self.predicates) <= MAX_PREDICATES, f"at most {MAX_PREDICATES} different `where` conditions"),
+            (int(self.arrays.slots.max(initial=0)) <= MAX_SLOTS, f"at most {MAX_SLOTS} ring slots per feature"),
+        ]
+        for holds, limit in limits:
+            if not holds:
+                raise ConfigError(f"features/: the columnar engine takes {limit}")
+
+    def _arrays(self) -> FeatureArrays:
         columns: dict[str, list[int]] = {name: [] for name in FeatureArrays._fields}
         pred_bit = {p: 1 << i for i, p in enumerate(self.predicates)}
         for spec in self.specs:
@@ -123,9 +152,6 @@ class Layout:
                 ring, self.rings[k] = self.rings[k], self.rings[k] + 1
             if aggregate == DISTINCT:
                 distinct, self.distinct_width[k] = self.distinct_width[k], self.distinct_width[k] + 1
-            read_types = sum(
-                1 << code for kind, code in TYPE_CODE.items() if read is None or spec.name in read.get(kind, ())
-            )
             row = {
                 "kind": k,
                 "aggregate": aggregate,
@@ -135,15 +161,14 @@ class Layout:
                 "ring_index": ring,
                 "last_offset": last,
                 "distinct_offset": distinct,
-                "counted_types": sum(1 << TYPE_CODE[t] for t in spec.events),
-                "predicates": sum(pred_bit[_predicate(p)] for p in spec.where),
+                "counted_types": _bits(spec.events),
+                "predicates": _or(pred_bit[_predicate(p)] for p in spec.where),
                 "hash_column": self.hash_columns.index(kind_name(spec.field, spec.phone_block_digits))
                 if aggregate == DISTINCT and spec.field
                 else -1,
                 "number_column": self.number_columns.index(spec.field)
                 if aggregate in (SUM, MIN, MAX) and spec.field
                 else -1,
-                "read_types": read_types,
                 "lifetime": spec.window_ms + self.lateness_ms,
             }
             for name, value in row.items():
@@ -152,6 +177,24 @@ class Layout:
 
     def features_of(self, kind: int) -> list[int]:
         return [f for f in range(len(self.specs)) if self.arrays.kind[f] == kind]
+
+
+class ReadPlan(NamedTuple):
+    read_types: np.ndarray  # per feature: bit per event type code whose events read its value
+    by_type: np.ndarray  # [type, j]: the features an event of the type counts in or reads
+    by_type_count: np.ndarray
+
+
+def _bits(kinds: Iterable[str]) -> int:
+    """One bit per event type (a type listed twice is one bit)."""
+    return _or(1 << TYPE_CODE[kind] for kind in kinds)
+
+
+def _or(bits: Iterable[int]) -> int:
+    total = 0
+    for bit in bits:
+        total |= bit
+    return total
 
 
 def _predicate(p: Any) -> Predicate:

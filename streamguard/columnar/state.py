@@ -13,9 +13,10 @@ import numpy as np
 
 from streamguard.columnar import count as kernel
 from streamguard.columnar import pack
-from streamguard.columnar.layout import TYPE_CODE, Layout
+from streamguard.columnar.layout import TYPE_CODE, Layout, ReadPlan
 from streamguard.columnar.tables import (
     INLINE,
+    LIVE,
     Entities,
     Memo,
     Pool,
@@ -29,6 +30,7 @@ from streamguard.columnar.tables import (
     new_memo,
     new_pool,
     rehashed,
+    slots_for,
     take_dirty,
 )
 
@@ -73,6 +75,7 @@ class ColumnarState:
         self.pool = new_pool(128, block, 128)
         self._caps = np.array([s.distinct_cap for s in layout.specs], np.int64)
         self._scratch = kernel.new_scratch()
+        self._read_everything = layout.plan(None)
 
     def count(
         self,
@@ -82,21 +85,23 @@ class ColumnarState:
         flags: np.ndarray,
         numbers: np.ndarray,
         hashes: np.ndarray,
+        plan: ReadPlan | None = None,
         dedup: bool = True,
     ) -> CountResult:
         """Count the events (`order`: event time) in their windows; their values, and which were duplicates.
 
         `hashes` holds a column per `layout.hash_columns`, then the event ids' hashes;
-        the resolved fingerprints are written into it.
+        the resolved fingerprints are written into it. `plan`: what is read (default: every feature).
         """
         layout, n = self.layout, ts.shape[0]
+        plan = plan or self._read_everything
         result = CountResult(np.full((n, len(layout.specs)), np.nan), np.zeros(n, np.bool_))
         room = np.zeros(1, np.int64)
         position = 0
         while True:
             position = kernel.count_batch(
                 order, position, ts, etype, flags, numbers, hashes,
-                layout.arrays, layout.kind_arrays, self._caps, layout.by_type, layout.by_type_count,
+                layout.arrays, layout.kind_arrays, self._caps, plan.read_types, plan.by_type, plan.by_type_count,
                 self.entities, self.pool, self.ids, self.links,
                 dedup, TYPE_CODE["device"], layout.fingerprint_column, layout.device_column, layout.lateness_ms,
                 FINGERPRINT_MEMORY_MS, result.values, result.duplicate, room, self._scratch,
@@ -114,8 +119,8 @@ class ColumnarState:
         e = self.entities
         if short == kernel.NEEDS_IDS:
             self.entities = grown_ids(e)
-        elif short == kernel.NEEDS_SLOTS:  # full of tombstones: ids are short first otherwise
-            self.entities = rehashed(e, e.keys.shape[0])
+        elif short == kernel.NEEDS_SLOTS:  # tombstones dropped, and room for twice the live entities
+            self.entities = rehashed(e, max(e.keys.shape[0], slots_for(2 * int(e.counters[LIVE]) + 128)))
         elif short == kernel.NEEDS_RING:
             self.entities = grown_arena(e, "ring")
         elif short == kernel.NEEDS_LAST:

@@ -37,9 +37,9 @@ HASHES = ColumnHashes(b"columnar-test-key" * 2)
 PSEUDO = Pseudonymizer(b"columnar-test-key" * 2)
 EXTRA = [  # what the shipped features do not use: sums and extremes, small distinct caps (pool, HyperLogLog)
     {"name": "paid_by_account_1h", "events": ["transaction"], "entity": "account_id", "aggregate": "sum",
-     "field": "amount", "window": "1h", "resolution": "1m"},
+     "field": "amount", "window": "1h", "resolution": "2m"},
     {"name": "max_paid_by_account_1h", "events": ["transaction"], "entity": "account_id", "aggregate": "max",
-     "field": "amount", "window": "1h", "resolution": "1m"},
+     "field": "amount", "window": "1h", "resolution": "2m"},
     {"name": "min_paid_by_ip_10m", "events": ["transaction"], "entity": "ip", "aggregate": "min",
      "field": "amount", "window": "10m", "resolution": "30s"},
     {"name": "accounts_by_ip_30m_cap64", "events": ["login"], "entity": "ip", "aggregate": "distinct",
@@ -108,7 +108,7 @@ def store(tmp_path: Path):
 def test_every_value_equals_the_window_objects(store, disorder_ms):
     """Within the lateness and far beyond it (events refused by the ring, read at the entity's newest - lateness)."""
     specs = _specs()
-    layout = Layout(specs, LATENESS, None)
+    layout = Layout(specs, LATENESS)
     state = ColumnarState(layout, 6 * 3_600_000, reserved=64)  # small: the kernel stops and grows many times
     old, windows = EntityFeatures(specs, LATENESS), WindowCache()
     checked = 0
@@ -127,7 +127,7 @@ def test_every_value_equals_the_window_objects(store, disorder_ms):
 
 def test_within_the_lateness_every_value_equals_brute_force():
     specs = [s for s in _specs() if "cap4" not in s.name]  # the estimated one: see the HyperLogLog test
-    layout = Layout(specs, LATENESS, None)
+    layout = Layout(specs, LATENESS)
     state = ColumnarState(layout, 6 * 3_600_000)
     seen: list[AnyEvent] = []
     checked = 0
@@ -148,7 +148,7 @@ def test_within_the_lateness_every_value_equals_brute_force():
 
 def test_past_the_cap_a_distinct_count_is_the_hyperloglog_of_the_window():
     (spec,) = [s for s in _specs() if s.name == "accounts_by_ip_30m_cap4"]
-    layout = Layout([spec], LATENESS, None)
+    layout = Layout([spec], LATENESS)
     state = ColumnarState(layout, 6 * 3_600_000)
     events = [LoginEvent(event_id=f"h{i}", ts=T0 + 1000 * i, account_id=f"a{i % 300}", ip="10.9.9.9", success=True)
               for i in range(3000)]  # fmt: skip
@@ -166,7 +166,7 @@ def test_past_the_cap_a_distinct_count_is_the_hyperloglog_of_the_window():
 
 def test_expiry_frees_entities_past_use_and_reuses_their_room():
     (spec,) = [s for s in load_features(LATENESS) if s.name.startswith("login_failures_by_ip")][:1]
-    layout = Layout([spec], LATENESS, None)
+    layout = Layout([spec], LATENESS)
     state = ColumnarState(layout, 3_600_000)
     day = 24 * 3_600_000
     for hour in range(48):  # 200 fresh IPs an hour: without expiry, 9,600 entities
@@ -184,7 +184,7 @@ def test_expiry_frees_entities_past_use_and_reuses_their_room():
 
 def test_a_re_sent_event_is_counted_once_across_batches():
     specs = [s for s in load_features(LATENESS) if s.name == "logins_by_ip_10m"] or load_features(LATENESS)[:1]
-    layout = Layout(specs, LATENESS, None)
+    layout = Layout(specs, LATENESS)
     state = ColumnarState(layout, 3_600_000)
     event = LoginEvent(event_id="same", ts=T0, account_id="a", ip="10.0.0.1", success=True)
     columns = columns_of([event, event], layout, HASHES)
@@ -196,7 +196,7 @@ def test_a_re_sent_event_is_counted_once_across_batches():
 
 def test_a_device_report_teaches_the_fingerprint_to_later_events_of_the_device():
     specs = [s for s in load_features(LATENESS) if s.entity == "fingerprint"]
-    layout = Layout(specs, LATENESS, None)
+    layout = Layout(specs, LATENESS)
     state = ColumnarState(layout, 3_600_000)
     report = DeviceEvent(event_id="d", ts=T0, device_id="dev", fingerprint="fp1")
     login = LoginEvent(event_id="l", ts=T0 + 1000, account_id="a", ip="10.0.0.1", success=True, device_id="dev")
@@ -234,7 +234,7 @@ def test_every_entity_kind_reads_what_the_features_count_per():
 def test_entities_packed_and_loaded_into_fresh_state_count_on_alike():
     """What a changelog record or a snapshot carries is the whole state: the pool and HyperLogLog tiers included."""
     specs = _specs()
-    layout = Layout(specs, LATENESS, None)
+    layout = Layout(specs, LATENESS)
     stream = _stream(1200, seed=9, disorder_ms=240_000, accounts=80)
     first, rest = stream[:800], stream[800:]
     original = ColumnarState(layout, 6 * 3_600_000)
@@ -258,7 +258,7 @@ def test_entities_packed_and_loaded_into_fresh_state_count_on_alike():
 def test_a_replica_fed_each_batchs_change_records_holds_the_same_state():
     """The records of every batch, applied in order, rebuild the state: what changed, and what expired."""
     specs = _specs()
-    layout = Layout(specs, LATENESS, None)
+    layout = Layout(specs, LATENESS)
     primary, replica = ColumnarState(layout, 3_600_000), ColumnarState(layout, 3_600_000, reserved=64)
     rng, expired_in_all = random.Random(11), 0
     stream = sorted(_stream(2000, seed=12, disorder_ms=240_000), key=lambda e: e.ts)
@@ -270,8 +270,8 @@ def test_a_replica_fed_each_batchs_change_records_holds_the_same_state():
                 [primary.expire() for _ in range(rng.choice([0, 1, 3]))] or [np.empty(0, np.uint64)]
             )
             expired_in_all += expired.size
-            for record in take_changes(primary, expired, shards=6).values():
-                apply_changes(replica, record)
+            for record in take_changes(primary, HASHES, expired, shards=6).values():
+                apply_changes(replica, HASHES, record)
             assert replica.entity_counts() == primary.entity_counts()
     assert expired_in_all > 50
     probe = sorted(_stream(300, seed=14, disorder_ms=240_000), key=lambda e: e.ts)
@@ -281,9 +281,46 @@ def test_a_replica_fed_each_batchs_change_records_holds_the_same_state():
 
 def test_a_record_of_another_layout_is_refused():
     specs = _specs()
-    state = ColumnarState(Layout(specs, LATENESS, None), 3_600_000)
-    other = ColumnarState(Layout(specs[:-1], LATENESS, None), 3_600_000)
+    state = ColumnarState(Layout(specs, LATENESS), 3_600_000)
+    other = ColumnarState(Layout(specs[:-1], LATENESS), 3_600_000)
     _count(other, other.layout, _stream(20, seed=15, disorder_ms=1000))
-    (record, *_) = take_changes(other, np.empty(0, np.uint64), shards=1).values()
+    (record, *_) = take_changes(other, HASHES, np.empty(0, np.uint64), shards=1).values()
     with pytest.raises(LayoutMismatch, match="another layout"):
-        apply_changes(state, record)
+        apply_changes(state, HASHES, record)
+    same_layout = ColumnarState(state.layout, 3_600_000)
+    _count(same_layout, same_layout.layout, _stream(20, seed=15, disorder_ms=1000))
+    (record, *_) = take_changes(same_layout, HASHES, np.empty(0, np.uint64), shards=1).values()
+    apply_changes(state, HASHES, record)
+    with pytest.raises(LayoutMismatch, match="hash key"):
+        apply_changes(state, ColumnHashes(b"another-hash-key-0123"), record)
+
+
+def test_a_type_or_filter_listed_twice_counts_once_and_numbers_and_empty_text_are_values():
+    twice = msgspec.convert(
+        {"name": "failures_by_ip", "events": ["login", "login"], "entity": "ip", "aggregate": "count",
+         "where": [{"field": "success", "op": "==", "value": False}] * 2, "window": "10m", "resolution": "1m"},
+        FeatureSpec,
+    )  # fmt: skip
+    amounts = msgspec.convert(
+        {"name": "amounts_by_account", "events": ["transaction"], "entity": "account_id", "aggregate": "distinct",
+         "field": "amount", "window": "10m", "resolution": "1m"},
+        FeatureSpec,
+    )  # fmt: skip
+    models = msgspec.convert(
+        {"name": "models_by_device", "events": ["device"], "entity": "device_id", "aggregate": "distinct",
+         "field": "model", "window": "10m", "resolution": "1m"},
+        FeatureSpec,
+    )  # fmt: skip
+    layout = Layout([twice, amounts, models], LATENESS)
+    state = ColumnarState(layout, 3_600_000, reserved=9)  # a table of 16 slots: it grows as it fills
+    events: list[AnyEvent] = [LoginEvent(event_id=f"l{i}", ts=T0 + i, account_id="a", ip=f"10.0.0.{i}", success=False)
+                              for i in range(20)]  # fmt: skip
+    events += [TransactionEvent(event_id=f"t{i}", ts=T0 + 100 + i, account_id="a", amount=i % 3, currency="CNY",
+                                kind="payment") for i in range(6)]  # fmt: skip
+    events += [
+        DeviceEvent(event_id=f"d{i}", ts=T0 + 200 + i, device_id="dev", model=m) for i, m in enumerate(["", "x"])
+    ]
+    values, _ = _count(state, layout, events)
+    assert values[:20, 0].tolist() == [1.0] * 20
+    assert values[20:26, 1].tolist() == [1.0, 2.0, 3.0, 3.0, 3.0, 3.0]
+    assert values[26:, 2].tolist() == [1.0, 2.0]

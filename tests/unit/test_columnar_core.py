@@ -14,11 +14,11 @@ from streamguard.columnar.core import BatchCore
 from streamguard.columnar.hashing import ColumnHashes
 from streamguard.demo.traffic import DemoTraffic
 from streamguard.errors import InvalidEvent
-from streamguard.events import LoginEvent, Verdict
+from streamguard.events import LoginEvent, SmsEvent, Verdict
 from streamguard.features.spec import load_features
 from streamguard.pipeline.records import Incoming
 from streamguard.rules.program import Program
-from streamguard.rules.spec import load_ruleset
+from streamguard.rules.spec import Condition, Decision, Rule, Ruleset, load_ruleset
 from streamguard.settings import Settings
 from streamguard.verdicts import Detector
 from tests.local import LATENESS_MS, NAMES, LocalPipeline
@@ -122,3 +122,19 @@ def test_bench_core_measures_the_demo_mix_offline():
     assert figures.records == 3000 and figures.verdicts + figures.dead_letters + figures.duplicates == 3000
     assert figures.dead_letters > 0 and figures.entities > 100
     assert figures.restore_entities_per_s > 0 and 0 < figures.packed_bytes_per_entity < figures.state_bytes_per_entity
+
+
+def test_a_ruleset_put_in_force_reads_the_features_its_rules_need():
+    detector = Detector(Program(load_ruleset(SPECS), SPECS), HASHES)
+    core = _core(detector=detector)
+    login = LoginEvent(event_id="r0", ts=T0, account_id="a", ip="10.0.0.1", success=False)
+    core.process([Incoming(NAMES.inputs["login"], 0, 0, None, msgspec.json.encode(login))], T0)
+    ruleset = Ruleset(
+        name="strict", version=1, decision=Decision(100, 500, 900),
+        rule=[Rule(code="sms.after_failures", events=["sms"], score=600,
+                   when=[Condition("login_failures_by_ip_10m", ">=", 1)])],
+    )  # fmt: skip
+    detector.program = Program(ruleset, SPECS)
+    sms = SmsEvent(event_id="r1", ts=T0 + 1000, phone="+8613800001234", ip="10.0.0.1")
+    (verdict,) = core.process([Incoming(NAMES.inputs["sms"], 0, 1, None, msgspec.json.encode(sms))], T0).outs
+    assert [r["code"] for r in json.loads(verdict.value)["reasons"]] == ["sms.after_failures"]
