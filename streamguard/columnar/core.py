@@ -75,10 +75,8 @@ class BatchCore:
             columns = columns_of(events, self.layout, self._hashes)
         except MemoryError:
             raise
-        except Exception:  # a defect one of them meets: find which, one event at a time
-            if len(records) == 1:
-                raise
-            return self._one_at_a_time(records, now_ms)
+        except Exception as exc:  # a defect one of them meets: find which, one event at a time
+            return self._one_at_a_time(records, now_ms) if len(records) > 1 else self._failed(records[0], exc)
         program = self._detector.program  # one ruleset for the whole batch, even if it is replaced meanwhile
         order = np.argsort(columns.ts, kind="stable")  # ties keep the batch's order
         counted = self.state.count(order, columns.ts, columns.etype, columns.flags, columns.numbers, columns.hashes,
@@ -106,19 +104,17 @@ class BatchCore:
         """Each record as a batch of its own: one that raises goes to the dead letters (`processing_error`)."""
         output = BatchOutput()
         for record in records:
-            try:
-                one = self.process([record], now_ms)
-            except MemoryError:
-                raise
-            except Exception as exc:
-                log_failure("deciding an event", exc)
-                one = BatchOutput(processing_errors=1)
-                code, detail = ErrorCode.PROCESSING_ERROR, describe(exc)
-                one.outs.append(dead_letter(record, code, detail, self._names.deadletter))
+            one = self.process([record], now_ms)
             output.outs += one.outs
             output.duplicates += one.duplicates
             output.processing_errors += one.processing_errors
         return output
+
+    def _failed(self, record: Incoming, exc: Exception) -> BatchOutput:
+        """The dead letter of a record whose processing raised (`processing_error`), with its own bytes."""
+        log_failure("deciding an event", exc)
+        dead = dead_letter(record, ErrorCode.PROCESSING_ERROR, describe(exc), self._names.deadletter)
+        return BatchOutput(outs=[dead], processing_errors=1)
 
     def _read_plan(self, program: Program) -> ReadPlan:
         """What the batch reads: every feature for the features topic, else what `program`'s rules look at."""

@@ -13,6 +13,7 @@ from streamguard.codec import decode_event, encode_verdict
 from streamguard.columnar.core import BatchCore
 from streamguard.columnar.hashing import ColumnHashes
 from streamguard.demo.traffic import DemoTraffic
+from streamguard.entities import EntityKind
 from streamguard.errors import InvalidEvent
 from streamguard.events import LoginEvent, SmsEvent, Verdict
 from streamguard.features.spec import load_features
@@ -138,3 +139,23 @@ def test_a_ruleset_put_in_force_reads_the_features_its_rules_need():
     sms = SmsEvent(event_id="r1", ts=T0 + 1000, phone="+8613800001234", ip="10.0.0.1")
     (verdict,) = core.process([Incoming(NAMES.inputs["sms"], 0, 1, None, msgspec.json.encode(sms))], T0).outs
     assert [r["code"] for r in json.loads(verdict.value)["reasons"]] == ["sms.after_failures"]
+
+
+def test_an_event_whose_columns_raise_goes_to_the_dead_letters_and_the_others_on(monkeypatch):
+    core = _core()
+    good = LoginEvent(event_id="g", ts=T0, account_id="a", ip="10.0.0.1", success=True)
+    bad = LoginEvent(event_id="b", ts=T0, account_id="a", ip="10.0.0.2", success=True)
+    real = EntityKind.values
+
+    def values(kind: EntityKind, events: list, sources: dict) -> list:
+        if any(e.event_id == "b" for e in events):
+            raise RuntimeError("a defect")
+        return real(kind, events, sources)
+
+    monkeypatch.setattr(EntityKind, "values", values)
+    records = [Incoming(NAMES.inputs["login"], 0, i, None, msgspec.json.encode(e)) for i, e in enumerate([good, bad])]
+    output = core.process(records, T0)
+    assert output.processing_errors == 1
+    (verdict,) = [o for o in output.outs if o.topic == NAMES.verdicts["login"]]
+    (dead,) = [o for o in output.outs if o.topic == NAMES.deadletter]
+    assert json.loads(verdict.value)["event_id"] == "g" and dead.value == records[1].value
