@@ -8,8 +8,6 @@ numba call per column.
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -19,12 +17,9 @@ import numpy as np
 from streamguard.columnar.hashing import ColumnHashes
 from streamguard.columnar.layout import TYPE_CODE, Layout
 from streamguard.events import EVENT_CLASSES, AnyEvent
+from streamguard.features.compiled import PREDICATE_OPS
 
 EVENT_ID_COLUMN: Final = "event_id"
-OPS: Final[dict[str, Callable[[Any, Any], bool]]] = {
-    "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
-    "in": lambda a, b: a in b,
-}  # fmt: skip
 CODE_OF_CLASS: Final = {cls: TYPE_CODE[kind] for kind, cls in EVENT_CLASSES.items()}
 
 
@@ -52,7 +47,7 @@ def columns_of(events: list[AnyEvent], layout: Layout, hashes: ColumnHashes) -> 
     flags = np.zeros(n, np.int64)
     by_type = {code: np.flatnonzero(etype == code) for code in range(len(CODE_OF_CLASS))}
     for bit, predicate in enumerate(layout.predicates):
-        test, value = OPS[predicate.op], msgspec.json.decode(predicate.value)
+        test, value = PREDICATE_OPS[predicate.op], msgspec.json.decode(predicate.value)
         field = predicate.field
         for cls, code in CODE_OF_CLASS.items():
             rows = by_type[code]

@@ -20,7 +20,7 @@ import msgspec
 import numpy as np
 import orjson
 
-from streamguard.codec import decode_event, encode_verdict, event_type
+from streamguard.codec import decode_event, encode_verdict
 from streamguard.columnar.columns import columns_of
 from streamguard.columnar.hashing import ABSENT, ColumnHashes
 from streamguard.columnar.layout import Layout, ReadPlan
@@ -29,7 +29,7 @@ from streamguard.columnar.state import ColumnarState
 from streamguard.errors import InvalidEvent
 from streamguard.events import EVENT_TYPES, AnyEvent, ErrorCode
 from streamguard.features.spec import FeatureSpec
-from streamguard.pipeline.failures import dead_letter_headers, describe, log_failure
+from streamguard.pipeline.failures import describe, log_failure
 from streamguard.pipeline.ingest import dead_letter
 from streamguard.pipeline.records import Incoming, Outgoing
 from streamguard.rules.program import Program
@@ -91,7 +91,7 @@ class BatchCore:
             event = events[i]
             if isinstance(verdict, Exception):
                 output.processing_errors += 1
-                output.outs.append(self._processing_dead_letter(event, sources[i], describe(verdict)))
+                output.outs.append(self._dead_letter(sources[i], verdict))  # logged when it raised
                 continue
             kind = EVENT_TYPES[int(columns.etype[i])]
             output.outs.append(Outgoing(self._names.verdicts[kind], verdict, key=event.event_id.encode()))
@@ -113,8 +113,11 @@ class BatchCore:
     def _failed(self, record: Incoming, exc: Exception) -> BatchOutput:
         """The dead letter of a record whose processing raised (`processing_error`), with its own bytes."""
         log_failure("deciding an event", exc)
-        dead = dead_letter(record, ErrorCode.PROCESSING_ERROR, describe(exc), self._names.deadletter)
-        return BatchOutput(outs=[dead], processing_errors=1)
+        return BatchOutput(outs=[self._dead_letter(record, exc)], processing_errors=1)
+
+    def _dead_letter(self, record: Incoming, exc: Exception) -> Outgoing:
+        """A `processing_error` dead letter: it stands in for the event's verdict, with the record's own bytes."""
+        return dead_letter(record, ErrorCode.PROCESSING_ERROR, describe(exc), self._names.deadletter)
 
     def _read_plan(self, program: Program) -> ReadPlan:
         """What the batch reads: every feature for the features topic, else what `program`'s rules look at."""
@@ -203,19 +206,6 @@ class BatchCore:
         record = {"event_id": event.event_id, "type": kind, "ts": event.ts, "features": values}
         return Outgoing(self._features_topic or "", orjson.dumps(record, option=orjson.OPT_SORT_KEYS),
                         key=event.event_id.encode())  # fmt: skip
-
-    def _processing_dead_letter(self, event: AnyEvent, source: Incoming, detail: str) -> Outgoing:
-        """The dead letter of a valid event that could not be decided: it stands in for the event's verdict."""
-        topic = self._names.inputs[event_type(event)]
-        headers = dead_letter_headers(ErrorCode.PROCESSING_ERROR, detail, topic, source.partition, source.offset)
-        return Outgoing(self._names.deadletter, _event_json(event), key=event.event_id.encode(), headers=headers)
-
-
-_event_encoder = msgspec.json.Encoder()
-
-
-def _event_json(event: AnyEvent) -> bytes:
-    return _event_encoder.encode(event)
 
 
 def _allow_template(kind: str, label: bytes, now_ms: int) -> bytes:

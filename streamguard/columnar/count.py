@@ -44,7 +44,7 @@ from streamguard.columnar.tables import (
     table_full,
     take_ring,
 )
-from streamguard.kernels.window import HLL_REGISTERS
+from streamguard.kernels.window import HLL_REGISTERS, hll_estimate, hll_update
 
 ROOM_OK = -1
 NEEDS_IDS, NEEDS_SLOTS, NEEDS_RING, NEEDS_LAST, NEEDS_DISTINCT, NEEDS_BLOCKS, NEEDS_REGISTERS = range(7)
@@ -327,7 +327,7 @@ def _distinct_add(e, pool, d, cap, slot, fresh, slots, value) -> None:
         block = state[BLOCK]
         if fresh:
             pool.registers[block, slot, :] = 0
-        _hll_update(pool.registers[block, slot], value)
+        hll_update(pool.registers[block], slot, value)
         return
     bit = uint64(1) << uint64(slot)
     if state[MODE] == MODE_INLINE:
@@ -365,8 +365,8 @@ def _distinct_add(e, pool, d, cap, slot, fresh, slots, value) -> None:
     for v in range(used):
         for s in range(slots):
             if masks[v] & (uint64(1) << uint64(s)):
-                _hll_update(pool.registers[registers, s], hashes[v])
-    _hll_update(pool.registers[registers, slot], value)
+                hll_update(pool.registers[registers], s, hashes[v])
+    hll_update(pool.registers[registers], slot, value)
     if state[MODE] == MODE_POOL:
         _give_back(pool.free, pool.counters, BLOCKS_FREE, state[BLOCK])
     state[USED] = 0
@@ -400,18 +400,6 @@ def _clear_slot(hashes, masks, used, keep) -> int:
             masks[kept] = m
             kept += 1
     return kept
-
-
-@inline
-def _hll_update(registers, value) -> None:
-    index = int(value & uint64(HLL_REGISTERS - 1))
-    rest = value >> uint64(7)
-    rank = 1
-    while rank <= 57 and not (rest & uint64(1)):
-        rest >>= uint64(1)
-        rank += 1
-    if rank > registers[index]:
-        registers[index] = rank
 
 
 @inline
@@ -450,19 +438,11 @@ def _read(e, pool, features, f, entity, base, slots, oldest, newest, scratch) ->
 
 @kernel
 def _hll_count(registers, window, slots, merged) -> float:
+    """The estimate over the ring slots in `window` (a bit mask): their registers merged by max."""
     merged[:] = 0
     for s in range(slots):
         if window & (uint64(1) << uint64(s)):
             for j in range(HLL_REGISTERS):
                 if registers[s, j] > merged[j]:
                     merged[j] = registers[s, j]
-    m = float(HLL_REGISTERS)
-    total, zeros = 0.0, 0
-    for j in range(HLL_REGISTERS):
-        total += 2.0 ** -float(merged[j])
-        if merged[j] == 0:
-            zeros += 1
-    estimate = (0.7213 / (1.0 + 1.079 / m)) * m * m / total
-    if estimate <= 2.5 * m and zeros > 0:
-        estimate = m * np.log(m / zeros)
-    return estimate
+    return hll_estimate(merged)

@@ -14,19 +14,24 @@ from __future__ import annotations
 import numpy as np
 from numba import uint64
 
-from streamguard.columnar.count import ROOM_OK, _entity_of, _short_of_room
+from streamguard.columnar.count import ROOM_OK, _entity_of, _short_of_room, _take
 from streamguard.columnar.jit import kernel
 from streamguard.columnar.tables import (
     BLOCK,
+    BLOCKS_FREE,
+    BLOCKS_USED,
     INLINE,
     MODE,
     MODE_HLL,
     MODE_INLINE,
     MODE_POOL,
     NONE,
+    REGISTERS_FREE,
+    REGISTERS_USED,
     USED,
     find_slot,
     free_ring,
+    release_block,
     take_ring,
 )
 from streamguard.kernels.window import HLL_REGISTERS
@@ -180,13 +185,7 @@ def _clear_entity(e, pool, features, kinds, k, entity) -> None:
             free_ring(e, f, entity * kinds.ring_stride[0] + features.ring_index[f])
         d = features.distinct_offset[f]
         if d >= 0:
-            at = 3 * (e.distinct_at[entity] + d)
-            if e.distinct[at + MODE] == MODE_POOL:
-                pool.free[pool.counters[1]] = e.distinct[at + BLOCK]
-                pool.counters[1] += 1
-            elif e.distinct[at + MODE] == MODE_HLL:
-                pool.registers_free[pool.counters[3]] = e.distinct[at + BLOCK]
-                pool.counters[3] += 1
+            release_block(pool, e.distinct, 3 * (e.distinct_at[entity] + d))
     last = e.last_at[entity]
     e.last[last : last + kinds.last_width[k]] = -1
     d = e.distinct_at[entity]
@@ -199,7 +198,7 @@ def _unpack_distinct(e, pool, features, f, entity, words, w) -> int:
     mode, used = words[w], words[w + 1]
     w += 2
     if mode == MODE_HLL:
-        block = _take_block(pool.registers_free, pool.counters, 2, 3)
+        block = _take(pool.registers_free, pool.counters, REGISTERS_USED, REGISTERS_FREE)
         pool.registers[block, :, :] = 0
         held = words[w]
         w += 1
@@ -210,7 +209,7 @@ def _unpack_distinct(e, pool, features, f, entity, words, w) -> int:
             w += 1 + HLL_WORDS
         e.distinct[3 * d + BLOCK] = block
     elif mode == MODE_POOL:
-        block = _take_block(pool.free, pool.counters, 0, 1)
+        block = _take(pool.free, pool.counters, BLOCKS_USED, BLOCKS_FREE)
         for v in range(used):
             pool.hashes[block, v] = uint64(words[w])
             pool.masks[block, v] = uint64(words[w + 1])
@@ -224,16 +223,6 @@ def _unpack_distinct(e, pool, features, f, entity, words, w) -> int:
     e.distinct[3 * d + MODE] = mode
     e.distinct[3 * d + USED] = used
     return w
-
-
-@kernel
-def _take_block(free, counters, used_index, free_index) -> int:
-    if counters[free_index] > 0:
-        counters[free_index] -= 1
-        return free[counters[free_index]]
-    block = counters[used_index]
-    counters[used_index] += 1
-    return block
 
 
 def shard_of_keys(keys: np.ndarray, shards: int) -> np.ndarray:

@@ -314,7 +314,7 @@ def free_entity(e, pool, features, fs, stride, entity) -> None:
     for f in fs:
         d = features.distinct_offset[f]
         if d >= 0:
-            _release(pool, e.distinct, 3 * (e.distinct_at[entity] + d))
+            release_block(pool, e.distinct, 3 * (e.distinct_at[entity] + d))
         if features.ring_index[f] >= 0:
             free_ring(e, f, entity * stride + features.ring_index[f])
 
@@ -363,7 +363,8 @@ def free_ring(e, f, index) -> None:
 
 
 @inline
-def _release(pool, distinct, at) -> None:
+def release_block(pool, distinct, at) -> None:
+    """Give a distinct feature's pool block or registers back (if it holds any); it is exact and empty again."""
     mode = distinct[at + MODE]
     if mode == MODE_POOL:
         pool.free[pool.counters[BLOCKS_FREE]] = distinct[at + BLOCK]

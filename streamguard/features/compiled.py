@@ -20,7 +20,7 @@ _NEWEST_TS_IN: Final[dict[str, Callable[[bytes, int, int], int]]] = {
     "min": ExtremeWindow.newest_ts_in, "max": ExtremeWindow.newest_ts_in,
     "distinct": DistinctWindow.newest_ts_in, "since_last": SinceLastWindow.newest_ts_in,
 }  # fmt: skip
-_OPS: Final[dict[str, Callable[[Any, Any], bool]]] = {
+PREDICATE_OPS: Final[dict[str, Callable[[Any, Any], bool]]] = {
     "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
     "in": lambda a, b: a in b,
 }  # fmt: skip
@@ -67,7 +67,7 @@ class CompiledFeature:
             return False
         for predicate in self.spec.where:
             actual = getattr(event, predicate.field, None)
-            if actual is None or not _OPS[predicate.op](actual, predicate.value):
+            if actual is None or not PREDICATE_OPS[predicate.op](actual, predicate.value):
                 return False
         return self.spec.field is None or self.reads(event, fingerprint) is not None
 

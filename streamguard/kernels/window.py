@@ -207,12 +207,13 @@ def hll_add(starts: np.ndarray, registers: np.ndarray, value_hash: int, ts: int,
         return False
     if fresh:
         registers[slot, :] = 0
-    _hll_update(registers, slot, value_hash)
+    hll_update(registers, slot, value_hash)
     return True
 
 
 @njit(cache=True)
-def _hll_update(registers: np.ndarray, slot: int, value_hash: int) -> None:
+def hll_update(registers: np.ndarray, slot: int, value_hash: int) -> None:
+    """Count `value_hash` in the registers of ring slot `slot`."""
     bits = np.uint64(value_hash)
     index = int(bits & np.uint64(HLL_REGISTERS - 1))
     rest = bits >> np.uint64(_HLL_INDEX_BITS)
@@ -230,7 +231,7 @@ def hll_from_exact(hashes: np.ndarray, masks: np.ndarray, used: int, registers: 
     for i in range(used):
         for slot in range(registers.shape[0]):
             if masks[i] & (np.uint64(1) << np.uint64(slot)):
-                _hll_update(registers, slot, hashes[i])
+                hll_update(registers, slot, hashes[i])
 
 
 @njit(cache=True)
@@ -248,6 +249,12 @@ def hll_count(
             for j in range(HLL_REGISTERS):
                 if registers[slot, j] > merged[j]:
                     merged[j] = registers[slot, j]
+    return hll_estimate(merged)
+
+
+@njit(cache=True)
+def hll_estimate(merged: np.ndarray) -> float:
+    """The distinct count a set of merged registers estimates."""
     m = float(HLL_REGISTERS)
     total, zeros = 0.0, 0
     for j in range(HLL_REGISTERS):
