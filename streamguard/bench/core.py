@@ -5,6 +5,10 @@ worker's merge would release them, and the figures are CPU time on this
 thread (so a busy machine disturbs them less than wall time). Then every
 entity is packed, as a changelog record or a snapshot would carry it, and
 loaded into fresh state, as a restore would: the restore rate.
+
+`bench_cluster` puts the same records through several simulated workers in
+this one process (`columnar.driver.Cluster`): the CPU every event costs when
+its shards are spread over workers, and what crosses between them.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import TypeVar
 import numpy as np
 
 from streamguard.columnar.core import BatchCore
+from streamguard.columnar.driver import Cluster
 from streamguard.columnar.hashing import ColumnHashes
 from streamguard.columnar.state import ColumnarState, load, packed
 from streamguard.demo.traffic import DemoTraffic
@@ -88,6 +93,44 @@ def bench_core(settings: Settings, records: list[Incoming], batch: int, now_ms: 
     )
 
 
+@dataclass(frozen=True)
+class ClusterFigures:
+    records: int
+    workers: int
+    us_per_record: float
+    records_per_s: float
+    verdicts: int
+    dead_letters: int
+    shard_records: int
+    shard_bytes_per_record: float
+
+
+def bench_cluster(settings: Settings, records: list[Incoming], batch: int, now_ms: int, workers: int) -> ClusterFigures:
+    names = _names(settings)
+    _core(settings, names).process(records[:20], now_ms)  # compiles, or loads the cached kernels
+    cluster = Cluster(names, lambda: _core(settings, names), workers, partitions=6, batch_max_events=batch,
+                      batch_max_span_ms=settings.batch_max_span_ms)  # fmt: skip
+    cluster.now_ms = now_ms
+    kind_of = names.input_type()
+    for record in records:
+        cluster.produce(kind_of[record.topic], record.value, record.key, record.partition % 6)
+    started = time.thread_time()
+    outs = cluster.run()
+    elapsed = time.thread_time() - started
+    dead = sum(out.topic == names.deadletter for out in outs)
+    shards = cluster.shards_topic()
+    return ClusterFigures(
+        records=len(records),
+        workers=workers,
+        us_per_record=round(1e6 * elapsed / len(records), 2),
+        records_per_s=round(len(records) / elapsed),
+        verdicts=len(outs) - dead,
+        dead_letters=dead,
+        shard_records=len(shards),
+        shard_bytes_per_record=round(sum(len(r) for r in shards) / len(records), 1),
+    )
+
+
 def demo_records(settings: Settings, events: int, seed: int, now_ms: int) -> list[Incoming]:
     """`events` demo messages (attacks, malformed and re-sent ones among them) ending at `now_ms`."""
     names = _names(settings)
@@ -116,7 +159,7 @@ def scenario_records(settings: Settings, path: Path) -> list[Incoming]:
     return records
 
 
-def print_figures(figures: CoreFigures) -> None:
+def print_figures(figures: CoreFigures | ClusterFigures) -> None:
     for name, value in asdict(figures).items():
         print(f"{name:28s} {value:>14,}" if isinstance(value, int) else f"{name:28s} {value:>14,.2f}")
 

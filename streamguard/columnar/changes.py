@@ -18,7 +18,7 @@ from streamguard.columnar.hashing import DELETED, LAYOUT_VERSION, ColumnHashes
 from streamguard.columnar.layout import Layout
 from streamguard.columnar.pack import shard_of_keys
 from streamguard.columnar.state import ColumnarState, load, packed
-from streamguard.columnar.tables import INLINE, forget_entities
+from streamguard.columnar.tables import IDS_USED, INLINE, LIVE, TOMBSTONES, Memo, forget_entities
 from streamguard.errors import StreamguardError
 from streamguard.kernels.window import HLL_REGISTERS
 
@@ -72,3 +72,27 @@ def apply_changes(state: ColumnarState, hashes: ColumnHashes, record: bytes) -> 
     forget_entities(state.entities, state.pool, state.layout.arrays, kinds.features, kinds.first,
                     int(kinds.ring_stride[0]), gone)  # fmt: skip
     load(state, words[HEADER_WORDS + expired :].copy())
+
+
+def forget_shards(state: ColumnarState, gone: np.ndarray) -> None:
+    """Forget the entities, event ids and fingerprints of the shards `gone` marks (they moved to another worker)."""
+    shards = gone.shape[0]
+    if not gone.any():
+        return
+    e = state.entities
+    keys = e.key[: int(e.counters[IDS_USED])]
+    keys = keys[keys > DELETED]
+    kinds = state.layout.kind_arrays
+    forget_entities(e, state.pool, state.layout.arrays, kinds.features, kinds.first, int(kinds.ring_stride[0]),
+                    keys[gone[shard_of_keys(keys, shards)]])  # fmt: skip
+    for memo in (state.ids, state.links):
+        _forget_memo(memo, gone)
+
+
+def _forget_memo(memo: Memo, gone: np.ndarray) -> None:
+    live = memo.keys > DELETED
+    dropped = live & gone[shard_of_keys(memo.keys, gone.shape[0])]
+    memo.keys[dropped] = DELETED
+    n = int(dropped.sum())
+    memo.counters[LIVE] -= n
+    memo.counters[TOMBSTONES] += n

@@ -14,6 +14,8 @@ their partitions were merged in): each sees those before it.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -21,11 +23,15 @@ import numpy as np
 import orjson
 
 from streamguard.codec import decode_event, encode_verdict
+from streamguard.columnar import exchange
+from streamguard.columnar.changes import forget_shards, layout_fingerprint
 from streamguard.columnar.columns import columns_of
+from streamguard.columnar.exchange import Answers, Outbox, Rows
 from streamguard.columnar.hashing import ABSENT, ColumnHashes
 from streamguard.columnar.layout import Layout, ReadPlan
+from streamguard.columnar.pack import shard_of_keys
 from streamguard.columnar.rules import rules_fired
-from streamguard.columnar.state import ColumnarState
+from streamguard.columnar.state import ColumnarState, CountResult
 from streamguard.errors import InvalidEvent
 from streamguard.events import EVENT_TYPES, AnyEvent, ErrorCode
 from streamguard.features.spec import FeatureSpec
@@ -36,14 +42,61 @@ from streamguard.rules.program import Program
 from streamguard.topics.names import TopicNames
 from streamguard.verdicts import Detector
 
+log = logging.getLogger(__name__)
 _encode = msgspec.json.Encoder().encode
 
 
 @dataclass
 class BatchOutput:
     outs: list[Outgoing] = field(default_factory=list)  # verdicts, dead letters, feature records
+    remote: dict[int, Outbox] = field(default_factory=dict)  # work for shards another worker holds
     duplicates: int = 0
     processing_errors: int = 0
+
+    def add(self, other: BatchOutput) -> None:
+        self.outs += other.outs
+        for shard, box in other.remote.items():
+            mine = self.outbox(shard)
+            mine.forward += box.forward
+            mine.apply += box.apply
+            mine.answers += box.answers
+        self.duplicates += other.duplicates
+        self.processing_errors += other.processing_errors
+
+    def outbox(self, shard: int) -> Outbox:
+        return self.remote.setdefault(shard, Outbox())
+
+
+@dataclass
+class _Pending:
+    """An event decided here whose entities on other shards have not all answered yet."""
+
+    event: AnyEvent
+    source: Incoming
+    etype: int
+    values: np.ndarray  # float64[features]: what has been read so far
+    hashes: np.ndarray  # uint64[hash columns + event id]
+    asked: int  # bits of hash columns other shards were asked to count (or were passed on to)
+    answered: int = 0
+
+
+@dataclass
+class _Decided:
+    """Events whose values are all in, to decide, in chunks: their order is made by event time in `_publish`."""
+
+    events: list[AnyEvent] = field(default_factory=list)
+    sources: list[Incoming] = field(default_factory=list)
+    etype: list[np.ndarray] = field(default_factory=list)
+    values: list[np.ndarray] = field(default_factory=list)
+    hashes: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, events: list[AnyEvent], sources: list[Incoming], etype: np.ndarray, values: np.ndarray,
+            hashes: np.ndarray) -> None:  # fmt: skip
+        self.events += events
+        self.sources += sources
+        self.etype.append(etype)
+        self.values.append(values)
+        self.hashes.append(hashes)
 
 
 class BatchCore:
@@ -63,51 +116,187 @@ class BatchCore:
         self._hashes = hashes
         self._features_topic = features_topic
         self.layout = Layout(specs, lateness_ms)
+        self.fingerprint = layout_fingerprint(self.layout, hashes)
         self.state = ColumnarState(self.layout, dedup_retention_ms)
+        self.own(range(names.shards))
+        self.pending: dict[int, _Pending] = {}  # event id's hash -> its event, waiting for other shards
         self._plan: tuple[Program | None, ReadPlan] = (None, self.layout.plan(None))
+        self._widths = (len(self.layout.number_columns), len(self.layout.hash_columns) + 1, len(specs))
 
-    def process(self, records: list[Incoming], now_ms: int) -> BatchOutput:
+    def own(self, shards: Iterable[int]) -> None:
+        """Hold `shards` (their events and entities) from now on; the entities of the others are forgotten."""
+        owned = np.zeros(self._names.shards, np.bool_)
+        owned[list(shards)] = True
+        self.state.owned = owned
+        forget_shards(self.state, ~owned)
+
+    def encode(self, outbox: Outbox) -> bytes:
+        """The shards-topic record of what a batch sends one shard."""
+        return exchange.encode(outbox, self.fingerprint, *self._widths)
+
+    def process(self, records: list[Incoming], now_ms: int, inbound: Iterable[bytes] = ()) -> BatchOutput:
+        """Decide a batch: `records` from the input topics, `inbound` the shards-topic records that reached it.
+
+        Raises `LayoutMismatch` for a shards record of another layout: the
+        workers of a cluster must agree on what state means.
+        """
+        boxes = [exchange.decode(data, self.fingerprint, *self._widths) for data in inbound]
+        numbers, hashes, features = self._widths
+        apply = Rows.concat([box.apply for box in boxes], numbers, hashes)
+        answers = Answers.concat([box.answers for box in boxes], features)
+        return self._batch([*records, *(r for box in boxes for r in box.forward)], apply, answers, now_ms)
+
+    def _batch(self, records: list[Incoming], apply: Rows, answers: Answers, now_ms: int) -> BatchOutput:
         output = BatchOutput()
         events, sources = self._decode(records, now_ms, output)
-        if not events:
-            return output
         try:
             columns = columns_of(events, self.layout, self._hashes)
         except MemoryError:
             raise
         except Exception as exc:  # a defect one of them meets: find which, one event at a time
-            return self._one_at_a_time(records, now_ms) if len(records) > 1 else self._failed(records[0], exc)
+            return self._one_at_a_time(sources, apply, answers, now_ms, exc)
+        here = self._held(columns.hashes[:, -1])
+        for i in np.flatnonzero(~here).tolist():  # decided on a shard of another worker
+            output.outbox(self._shard(columns.hashes[i, -1])).forward.append(sources[i])
+        keep = np.flatnonzero(here)
+        events, sources = [events[i] for i in keep.tolist()], [sources[i] for i in keep.tolist()]
+        mine = len(events)
+        rows = Rows.concat([Rows(columns.ts[keep], columns.etype[keep], columns.flags[keep],
+                                 np.full(mine, -1, np.int64), columns.numbers[keep], columns.hashes[keep]),
+                            apply], *self._widths[:2])  # fmt: skip
         program = self._detector.program  # one ruleset for the whole batch, even if it is replaced meanwhile
-        order = np.argsort(columns.ts, kind="stable")  # ties keep the batch's order
-        counted = self.state.count(order, columns.ts, columns.etype, columns.flags, columns.numbers, columns.hashes,
-                                   self._read_plan(program))  # fmt: skip
-        output.duplicates = int(counted.duplicate.sum())
-        decided = self._decide(program, events, counted.values, counted.duplicate, columns.hashes, columns.etype,
-                               now_ms)  # fmt: skip
-        for i in order.tolist():
-            verdict = decided[i]
-            if verdict is None:
-                continue
-            event = events[i]
-            if isinstance(verdict, Exception):
-                output.processing_errors += 1
-                output.outs.append(self._dead_letter(sources[i], verdict))  # logged when it raised
-                continue
-            kind = EVENT_TYPES[int(columns.etype[i])]
-            output.outs.append(Outgoing(self._names.verdicts[kind], verdict, key=event.event_id.encode()))
-            if self._features_topic:
-                output.outs.append(self._feature_record(event, kind, counted.values[i], columns.hashes[i]))
+        order = np.argsort(rows.ts, kind="stable")  # ties keep the batch's order
+        decide = np.arange(len(rows)) < mine
+        counted = self.state.count(order, rows.ts, rows.etype, rows.flags, rows.numbers, rows.hashes,
+                                   self._read_plan(program), rows.want, decide)  # fmt: skip
+        output.duplicates = int(counted.duplicate[:mine].sum())
+        decided = _Decided()
+        mine_in_order = order[order < mine]
+        kept = mine_in_order[~counted.duplicate[mine_in_order]]
+        complete, waiting = kept[counted.remote[kept] == 0], kept[counted.remote[kept] != 0]
+        decided.add([events[i] for i in complete.tolist()], [sources[i] for i in complete.tolist()],
+                    rows.etype[complete], counted.values[complete], rows.hashes[complete])  # fmt: skip
+        asked = self._route(waiting, rows, counted.remote, output)
+        for i in waiting.tolist():
+            self.pending[int(rows.hashes[i, -1])] = _Pending(events[i], sources[i], int(rows.etype[i]),
+                                                             counted.values[i], rows.hashes[i], asked[i])  # fmt: skip
+        local = self._answer(np.arange(mine, len(rows)), rows, counted, output)
+        self._take_answers(Answers.concat([answers, local], features=self._widths[2]), decided, output)
+        self._publish(program, decided, now_ms, output)
         self.state.expire()
         return output
 
-    def _one_at_a_time(self, records: list[Incoming], now_ms: int) -> BatchOutput:
-        """Each record as a batch of its own: one that raises goes to the dead letters (`processing_error`)."""
-        output = BatchOutput()
+    def _held(self, keys: np.ndarray) -> np.ndarray:
+        held: np.ndarray = self.state.owned[shard_of_keys(keys, self._names.shards)]
+        return held
+
+    def _shard(self, key: np.uint64) -> int:
+        return int(shard_of_keys(np.array([key], np.uint64), self._names.shards)[0])
+
+    def _route(self, which: np.ndarray, rows: Rows, bits: np.ndarray, output: BatchOutput) -> dict[int, int]:
+        """Send rows `which` to count their `bits` on the shards of those columns' hashes; each row's bits asked.
+
+        A device's shard is asked for the fingerprint too when the event has
+        none of its own: the device's memory may give it one.
+        """
+        if which.size == 0:
+            return {}
+        columns = self._widths[1] - 1
+        fp, device = self.layout.fingerprint_column, self.layout.device_column
+        pair_row, pair_col = np.nonzero((bits[which, None] >> np.arange(columns)) & 1)
+        pair_row = which[pair_row]
+        targets = shard_of_keys(rows.hashes[pair_row, pair_col], self._names.shards)
+        want = np.left_shift(1, pair_col).astype(np.int64)
+        if fp >= 0:
+            asks_fingerprint = (pair_col == device) & (rows.hashes[pair_row, fp] == np.uint64(ABSENT))
+            want[asks_fingerprint] |= 1 << fp
+        by_pair = np.argsort(pair_row * self._names.shards + targets, kind="stable")
+        pair_row, targets, want = pair_row[by_pair], targets[by_pair], want[by_pair]
+        starts = np.flatnonzero(np.r_[True, (pair_row[1:] != pair_row[:-1]) | (targets[1:] != targets[:-1])])
+        wants = np.bitwise_or.reduceat(want, starts)  # a row's bits for one shard, together
+        rows_of, shards_of = pair_row[starts], targets[starts]
+        for shard in np.unique(shards_of).tolist():
+            sel = np.flatnonzero(shards_of == shard)
+            r = rows_of[sel]
+            output.outbox(shard).apply.append(
+                Rows(rows.ts[r], rows.etype[r], rows.flags[r], wants[sel], rows.numbers[r], rows.hashes[r])
+            )
+        asked: dict[int, int] = {}
+        for r, w in zip(rows_of.tolist(), wants.tolist(), strict=True):
+            asked[r] = asked.get(r, 0) | w
+        return asked
+
+    def _answer(self, which: np.ndarray, rows: Rows, counted: CountResult, output: BatchOutput) -> Answers:
+        """Answer the apply rows `which`: to their events' shards; those held here are returned."""
+        remote = counted.remote[which]
+        self._route(which[remote != 0], rows, counted.remote, output)  # a fingerprint the device's memory gave
+        fp = self.layout.fingerprint_column
+        fingerprint = rows.hashes[which, fp] if fp >= 0 else np.full(which.size, ABSENT, np.uint64)
+        event = rows.hashes[which, -1]
+        answers = Answers(event, rows.want[which] & ~remote, remote, fingerprint, counted.values[which])
+        here = self._held(event)
+        shards = shard_of_keys(event, self._names.shards)
+        for shard in np.unique(shards[~here]).tolist():
+            output.outbox(shard).answers.append(answers.take(np.flatnonzero(shards == shard)))
+        return answers.take(np.flatnonzero(here))
+
+    def _take_answers(self, answers: Answers, decided: _Decided, output: BatchOutput) -> None:
+        """Merge what entities' shards answered into their pending events; decide those complete."""
+        fp = self.layout.fingerprint_column
+        for j in range(len(answers)):
+            key = int(answers.event[j])
+            waiting = self.pending.get(key)
+            if waiting is None:
+                self._stray(answers.take(np.array([j])), key, output)
+                continue
+            read = answers.values[j]
+            np.copyto(waiting.values, read, where=np.isnan(waiting.values))
+            waiting.asked |= int(answers.passed_on[j])
+            waiting.answered |= int(answers.answered[j])
+            if fp >= 0 and answers.fingerprint[j] != np.uint64(ABSENT):
+                waiting.hashes[fp] = answers.fingerprint[j]
+            if waiting.asked & ~waiting.answered == 0:
+                del self.pending[key]
+                decided.add([waiting.event], [waiting.source], np.array([waiting.etype]), waiting.values[None],
+                            waiting.hashes[None])  # fmt: skip
+
+    def _stray(self, answer: Answers, key: int, output: BatchOutput) -> None:
+        """An answer for an event not pending here: to its shard's owner, or (its shard is here) dropped."""
+        shard = self._shard(np.uint64(key))
+        if not self.state.owned[shard]:
+            output.outbox(shard).answers.append(answer)
+        else:
+            log.warning("an answer for event %016x reached shard %d, which has no such event pending", key, shard)
+
+    def _publish(self, program: Program, decided: _Decided, now_ms: int, output: BatchOutput) -> None:
+        """The verdicts (or processing_error dead letters) of the events decided, in event-time order."""
+        if not decided.events:
+            return
+        values, hashes = np.concatenate(decided.values), np.concatenate(decided.hashes)
+        etype = np.concatenate(decided.etype)
+        verdicts = self._decide(program, decided.events, values, hashes, etype, now_ms)
+        ts = np.fromiter((event.ts for event in decided.events), np.int64, len(decided.events))
+        for i in np.argsort(ts, kind="stable").tolist():
+            verdict, event = verdicts[i], decided.events[i]
+            if isinstance(verdict, Exception):
+                output.processing_errors += 1
+                output.outs.append(self._dead_letter(decided.sources[i], verdict))  # logged when it raised
+                continue
+            kind = EVENT_TYPES[int(etype[i])]
+            output.outs.append(Outgoing(self._names.verdicts[kind], verdict, key=event.event_id.encode()))
+            if self._features_topic:
+                output.outs.append(self._feature_record(event, kind, values[i], hashes[i]))
+
+    def _one_at_a_time(
+        self, records: list[Incoming], apply: Rows, answers: Answers, now_ms: int, exc: Exception
+    ) -> BatchOutput:
+        """The shards' work alone, then each record as a batch of its own: one that raises is a dead letter."""
+        if len(records) == 1 and not len(apply) and not len(answers):
+            return self._failed(records[0], exc)
+        numbers, hashes, features = self._widths
+        output = self._batch([], apply, answers, now_ms)
         for record in records:
-            one = self.process([record], now_ms)
-            output.outs += one.outs
-            output.duplicates += one.duplicates
-            output.processing_errors += one.processing_errors
+            output.add(self._batch([record], Rows.concat([], numbers, hashes), Answers.concat([], features), now_ms))
         return output
 
     def _failed(self, record: Incoming, exc: Exception) -> BatchOutput:
@@ -151,18 +340,17 @@ class BatchCore:
         program: Program,
         events: list[AnyEvent],
         values: np.ndarray,
-        duplicate: np.ndarray,
         hashes: np.ndarray,
         etype: np.ndarray,
         now_ms: int,
     ) -> list[bytes | Exception | None]:
-        """Each event's verdict bytes (None for a duplicate; the exception if deciding it raised)."""
+        """Each event's verdict bytes (the exception if deciding it raised)."""
         detector = self._detector
         label = _encode(program.ruleset.label)
         decided: list[bytes | Exception | None] = [None] * len(events)
         listed = len(detector.lists) > 0
         for code, kind in enumerate(EVENT_TYPES):
-            rows = np.flatnonzero((etype == code) & ~duplicate)
+            rows = np.flatnonzero(etype == code)
             if rows.size == 0:
                 continue
             kind_events = [events[i] for i in rows.tolist()]

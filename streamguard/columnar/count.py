@@ -51,6 +51,7 @@ NEEDS_IDS, NEEDS_SLOTS, NEEDS_RING, NEEDS_LAST, NEEDS_DISTINCT, NEEDS_BLOCKS, NE
 NEEDS_EVENT_IDS, NEEDS_LINKS = 7, 8
 RESERVE_BLOCKS = 64  # free pool blocks and register blocks an event may need at most (its distinct features)
 MAX_KINDS = 64
+SKIP = -2  # `of_kind`: a kind the event does not count here
 
 
 class Scratch(NamedTuple):
@@ -66,20 +67,25 @@ def new_scratch() -> Scratch:
 
 @kernel
 def count_batch(
-    order, start, ts, etype, flags, numbers, hashes,  # the batch, as columns
+    order, start, ts, etype, flags, numbers, hashes, want, decide,  # the batch, as columns
     features, kinds, caps, read_types, by_type, by_type_count,  # the layout, and what the ruleset reads
-    entities, pool, ids, links,  # the state
-    dedup, device_type, fingerprint_column, device_column, lateness, link_memory,
-    out, duplicate, room, scratch,
+    entities, pool, ids, links, owned,  # the state, and which shards it holds
+    device_type, fingerprint_column, device_column, lateness, link_memory,
+    out, duplicate, counted, remote, room, scratch,
 ):  # fmt: skip
     """Process `order[start:]`; the position it stopped at (before an event without room: `room[0]` says what).
 
     `hashes[i, k]` for k < the number of kinds is event i's entity of kind k,
-    and the last column its event id's hash; `dedup` False leaves
-    de-duplication to the caller.
+    and the last column its event id's hash. Row i counts the kinds whose
+    bit is set in `want[i]`, where their entity's shard is `owned` here
+    (bit `device_column`: the device -> fingerprint memory); `counted[i]` and
+    `remote[i]` get the bits of those counted here and of those left to
+    other shards. `decide[i]`: the event's own shard is here, and it is
+    de-duplicated by its id's hash first.
     """
     nkinds = kinds.rings.shape[0]
     stride = kinds.ring_stride[0]
+    shards = owned.shape[0]
     of_kind = scratch.of_kind
     for position in range(start, order.shape[0]):
         i = order[position]
@@ -88,23 +94,34 @@ def count_batch(
             room[0] = short
             return position
         t_i = ts[i]
-        if dedup and not _first_sight(ids, hashes[i, hashes.shape[1] - 1], t_i):
+        if decide[i] and not _first_sight(ids, hashes[i, hashes.shape[1] - 1], t_i):
             duplicate[i] = True
             continue
         row_hashes = hashes[i]
-        if fingerprint_column >= 0:
-            _remember_fingerprint(links, row_hashes, etype[i] == device_type, fingerprint_column, device_column, t_i,
-                                  link_memory)  # fmt: skip
+        wanted = want[i]
+        if fingerprint_column >= 0 and (wanted >> device_column) & 1 and row_hashes[device_column] != uint64(ABSENT):
+            if _is_local(owned, shards, row_hashes[device_column]):
+                _remember_fingerprint(links, row_hashes, etype[i] == device_type, fingerprint_column, device_column,
+                                      t_i, link_memory)  # fmt: skip
+            else:
+                remote[i] |= 1 << device_column
         t = etype[i]
         for k in range(nkinds):
             key = row_hashes[k]
-            of_kind[k] = NONE if key == uint64(ABSENT) else _entity_of(entities, kinds, k, key, False)
+            if key == uint64(ABSENT) or (wanted >> k) & 1 == 0:
+                of_kind[k] = SKIP
+            elif not _is_local(owned, shards, key):
+                of_kind[k] = SKIP
+                remote[i] |= 1 << k
+            else:
+                of_kind[k] = _entity_of(entities, kinds, k, key, False)
+                counted[i] |= 1 << k
         fl = flags[i]
         row_numbers = numbers[i]
         for j in range(by_type_count[t]):
             f = by_type[t, j]
             k = features.kind[f]
-            if row_hashes[k] == uint64(ABSENT):
+            if of_kind[k] == SKIP:
                 continue
             read = (read_types[f] >> t) & 1 == 1
             counts = _counts(features, f, t, fl, row_numbers, row_hashes)
@@ -142,6 +159,12 @@ def count_batch(
                 oldest, newest = _bounds(entities.starts, base, slots, t_i, res, features.window_buckets[f], lateness)
                 out[i, f] = _read(entities, pool, features, f, entity, base, slots, oldest, newest, scratch)
     return order.shape[0]
+
+
+@inline
+def _is_local(owned, shards, key) -> bool:
+    """Whether the shard of `key` (its high 32 bits modulo the shard count, as `shard_of_keys`) is held here."""
+    return owned[(key >> uint64(32)) % uint64(shards)]
 
 
 @inline

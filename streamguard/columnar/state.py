@@ -46,6 +46,8 @@ RING_SLOTS_PER_ENTITY = 32  # reserved on average: most entities have a ring or 
 class CountResult:
     values: np.ndarray  # float64[events, features]: NaN where not read
     duplicate: np.ndarray  # bool[events]
+    counted: np.ndarray  # int64[events]: bit per hash column counted here (`count_batch`)
+    remote: np.ndarray  # int64[events]: bit per hash column left to the shards of other workers
     grown: int = 0  # how many times a table had to grow during the call
 
 
@@ -62,6 +64,7 @@ class ColumnarState:
     cursor: int = 0  # where the next `expire` goes on from, in entities; then ids, links
     id_cursor: int = 0
     link_cursor: int = 0
+    owned: np.ndarray = field(default_factory=lambda: np.ones(1, np.bool_))  # per shard: its entities are here
 
     def __post_init__(self) -> None:
         layout = self.layout
@@ -86,25 +89,32 @@ class ColumnarState:
         numbers: np.ndarray,
         hashes: np.ndarray,
         plan: ReadPlan | None = None,
-        dedup: bool = True,
+        want: np.ndarray | None = None,
+        decide: np.ndarray | None = None,
     ) -> CountResult:
         """Count the events (`order`: event time) in their windows; their values, and which were duplicates.
 
         `hashes` holds a column per `layout.hash_columns`, then the event ids' hashes;
         the resolved fingerprints are written into it. `plan`: what is read (default: every feature).
+        `want`: per event, a bit per hash column to count here where its shard is `owned`
+        (default: all); `decide`: the events de-duplicated here (default: all).
         """
         layout, n = self.layout, ts.shape[0]
         plan = plan or self._read_everything
-        result = CountResult(np.full((n, len(layout.specs)), np.nan), np.zeros(n, np.bool_))
+        want = np.full(n, -1, np.int64) if want is None else want
+        decide = np.ones(n, np.bool_) if decide is None else decide
+        result = CountResult(np.full((n, len(layout.specs)), np.nan), np.zeros(n, np.bool_), np.zeros(n, np.int64),
+                             np.zeros(n, np.int64))  # fmt: skip
         room = np.zeros(1, np.int64)
         position = 0
         while True:
             position = kernel.count_batch(
-                order, position, ts, etype, flags, numbers, hashes,
+                order, position, ts, etype, flags, numbers, hashes, want, decide,
                 layout.arrays, layout.kind_arrays, self._caps, plan.read_types, plan.by_type, plan.by_type_count,
-                self.entities, self.pool, self.ids, self.links,
-                dedup, TYPE_CODE["device"], layout.fingerprint_column, layout.device_column, layout.lateness_ms,
-                FINGERPRINT_MEMORY_MS, result.values, result.duplicate, room, self._scratch,
+                self.entities, self.pool, self.ids, self.links, self.owned,
+                TYPE_CODE["device"], layout.fingerprint_column, layout.device_column, layout.lateness_ms,
+                FINGERPRINT_MEMORY_MS, result.values, result.duplicate, result.counted, result.remote, room,
+                self._scratch,
             )  # fmt: skip
             if position >= n:
                 break
