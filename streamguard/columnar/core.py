@@ -30,6 +30,7 @@ from streamguard.columnar.exchange import Answers, Outbox, Rows
 from streamguard.columnar.hashing import ABSENT, ColumnHashes
 from streamguard.columnar.layout import Layout, ReadPlan
 from streamguard.columnar.pack import shard_of_keys
+from streamguard.columnar.pending import PendingEvents
 from streamguard.columnar.rules import rules_fired
 from streamguard.columnar.state import ColumnarState, CountResult
 from streamguard.errors import InvalidEvent
@@ -65,19 +66,6 @@ class BatchOutput:
 
     def outbox(self, shard: int) -> Outbox:
         return self.remote.setdefault(shard, Outbox())
-
-
-@dataclass
-class _Pending:
-    """An event decided here whose entities on other shards have not all answered yet."""
-
-    event: AnyEvent
-    source: Incoming
-    etype: int
-    values: np.ndarray  # float64[features]: what has been read so far
-    hashes: np.ndarray  # uint64[hash columns + event id]
-    asked: int  # bits of hash columns other shards were asked to count (or were passed on to)
-    answered: int = 0
 
 
 @dataclass
@@ -119,7 +107,7 @@ class BatchCore:
         self.fingerprint = layout_fingerprint(self.layout, hashes)
         self.state = ColumnarState(self.layout, dedup_retention_ms)
         self.own(range(names.shards))
-        self.pending: dict[int, _Pending] = {}  # event id's hash -> its event, waiting for other shards
+        self.pending = PendingEvents(len(specs), len(self.layout.hash_columns) + 1, self.layout.fingerprint_column)
         self._plan: tuple[Program | None, ReadPlan] = (None, self.layout.plan(None))
         self._widths = (len(self.layout.number_columns), len(self.layout.hash_columns) + 1, len(specs))
 
@@ -155,9 +143,10 @@ class BatchCore:
             raise
         except Exception as exc:  # a defect one of them meets: find which, one event at a time
             return self._one_at_a_time(sources, apply, answers, now_ms, exc)
-        here = self._held(columns.hashes[:, -1])
+        event_shards = shard_of_keys(columns.hashes[:, -1], self._names.shards)
+        here = self.state.owned[event_shards]
         for i in np.flatnonzero(~here).tolist():  # decided on a shard of another worker
-            output.outbox(self._shard(columns.hashes[i, -1])).forward.append(sources[i])
+            output.outbox(int(event_shards[i])).forward.append(sources[i])
         keep = np.flatnonzero(here)
         events, sources = [events[i] for i in keep.tolist()], [sources[i] for i in keep.tolist()]
         mine = len(events)
@@ -177,9 +166,8 @@ class BatchCore:
         decided.add([events[i] for i in complete.tolist()], [sources[i] for i in complete.tolist()],
                     rows.etype[complete], counted.values[complete], rows.hashes[complete])  # fmt: skip
         asked = self._route(waiting, rows, counted.remote, output)
-        for i in waiting.tolist():
-            self.pending[int(rows.hashes[i, -1])] = _Pending(events[i], sources[i], int(rows.etype[i]),
-                                                             counted.values[i], rows.hashes[i], asked[i])  # fmt: skip
+        self.pending.park([events[i] for i in waiting.tolist()], [sources[i] for i in waiting.tolist()],
+                          rows.etype[waiting], counted.values[waiting], rows.hashes[waiting], asked)  # fmt: skip
         local = self._answer(np.arange(mine, len(rows)), rows, counted, output)
         self._take_answers(Answers.concat([answers, local], features=self._widths[2]), decided, output)
         self._publish(program, decided, now_ms, output)
@@ -190,17 +178,14 @@ class BatchCore:
         held: np.ndarray = self.state.owned[shard_of_keys(keys, self._names.shards)]
         return held
 
-    def _shard(self, key: np.uint64) -> int:
-        return int(shard_of_keys(np.array([key], np.uint64), self._names.shards)[0])
-
-    def _route(self, which: np.ndarray, rows: Rows, bits: np.ndarray, output: BatchOutput) -> dict[int, int]:
+    def _route(self, which: np.ndarray, rows: Rows, bits: np.ndarray, output: BatchOutput) -> np.ndarray:
         """Send rows `which` to count their `bits` on the shards of those columns' hashes; each row's bits asked.
 
         A device's shard is asked for the fingerprint too when the event has
         none of its own: the device's memory may give it one.
         """
         if which.size == 0:
-            return {}
+            return np.zeros(0, np.int64)
         columns = self._widths[1] - 1
         fp, device = self.layout.fingerprint_column, self.layout.device_column
         pair_row, pair_col = np.nonzero((bits[which, None] >> np.arange(columns)) & 1)
@@ -221,10 +206,10 @@ class BatchCore:
             output.outbox(shard).apply.append(
                 Rows(rows.ts[r], rows.etype[r], rows.flags[r], wants[sel], rows.numbers[r], rows.hashes[r])
             )
-        asked: dict[int, int] = {}
-        for r, w in zip(rows_of.tolist(), wants.tolist(), strict=True):
-            asked[r] = asked.get(r, 0) | w
-        return asked
+        asked = np.zeros(len(rows), np.int64)
+        np.bitwise_or.at(asked, rows_of, wants)
+        out: np.ndarray = asked[which]
+        return out
 
     def _answer(self, which: np.ndarray, rows: Rows, counted: CountResult, output: BatchOutput) -> Answers:
         """Answer the apply rows `which`: to their events' shards; those held here are returned."""
@@ -242,31 +227,20 @@ class BatchCore:
 
     def _take_answers(self, answers: Answers, decided: _Decided, output: BatchOutput) -> None:
         """Merge what entities' shards answered into their pending events; decide those complete."""
-        fp = self.layout.fingerprint_column
-        for j in range(len(answers)):
-            key = int(answers.event[j])
-            waiting = self.pending.get(key)
-            if waiting is None:
-                self._stray(answers.take(np.array([j])), key, output)
-                continue
-            read = answers.values[j]
-            np.copyto(waiting.values, read, where=np.isnan(waiting.values))
-            waiting.asked |= int(answers.passed_on[j])
-            waiting.answered |= int(answers.answered[j])
-            if fp >= 0 and answers.fingerprint[j] != np.uint64(ABSENT):
-                waiting.hashes[fp] = answers.fingerprint[j]
-            if waiting.asked & ~waiting.answered == 0:
-                del self.pending[key]
-                decided.add([waiting.event], [waiting.source], np.array([waiting.etype]), waiting.values[None],
-                            waiting.hashes[None])  # fmt: skip
+        complete, strays = self.pending.answer(answers)
+        decided.add(complete.events, complete.sources, complete.etype, complete.values, complete.hashes)
+        if strays.size:
+            self._stray(answers.take(strays), output)
 
-    def _stray(self, answer: Answers, key: int, output: BatchOutput) -> None:
-        """An answer for an event not pending here: to its shard's owner, or (its shard is here) dropped."""
-        shard = self._shard(np.uint64(key))
-        if not self.state.owned[shard]:
-            output.outbox(shard).answers.append(answer)
-        else:
-            log.warning("an answer for event %016x reached shard %d, which has no such event pending", key, shard)
+    def _stray(self, answers: Answers, output: BatchOutput) -> None:
+        """Answers for events not pending here: to their shard's owner, or (their shard is here) dropped."""
+        shards = shard_of_keys(answers.event, self._names.shards)
+        for shard in np.unique(shards).tolist():
+            mine = np.flatnonzero(shards == shard)
+            if not self.state.owned[shard]:
+                output.outbox(shard).answers.append(answers.take(mine))
+            else:
+                log.warning("%d answers reached shard %d, which has no such events pending", mine.size, shard)
 
     def _publish(self, program: Program, decided: _Decided, now_ms: int, output: BatchOutput) -> None:
         """The verdicts (or processing_error dead letters) of the events decided, in event-time order."""

@@ -1,0 +1,112 @@
+"""Events decided on a shard held here that wait for the answers of their entities' shards held elsewhere.
+
+A row per event: what has been read of its features so far, its hashes
+(a fingerprint the device's shard resolved is written in), and two bit
+masks of hash columns: those other shards were asked to count (a shard that
+passes a fingerprint on adds its bit) and those answered. The event is
+complete when every bit asked is answered, whatever order the answers
+came in. Answers are merged a batch at a time, with no Python per value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from streamguard.columnar.exchange import Answers
+from streamguard.columnar.hashing import ABSENT
+from streamguard.events import AnyEvent
+from streamguard.pipeline.records import Incoming
+
+
+@dataclass
+class Complete:
+    """Events whose answers are all in."""
+
+    events: list[AnyEvent]
+    sources: list[Incoming]
+    etype: np.ndarray
+    values: np.ndarray
+    hashes: np.ndarray
+
+
+class PendingEvents:
+    def __init__(self, features: int, hash_columns: int, fingerprint_column: int) -> None:
+        self._fingerprint = fingerprint_column
+        self._row: dict[int, int] = {}  # event id's hash -> its row
+        self._free: list[int] = []
+        self._events: list[AnyEvent | None] = []
+        self._sources: list[Incoming | None] = []
+        self._etype = np.zeros(0, np.int64)
+        self._values = np.zeros((0, features))
+        self._hashes = np.zeros((0, hash_columns), np.uint64)
+        self._asked = np.zeros(0, np.int64)
+        self._answered = np.zeros(0, np.int64)
+
+    def __len__(self) -> int:
+        return len(self._row)
+
+    def park(
+        self,
+        events: list[AnyEvent],
+        sources: list[Incoming],
+        etype: np.ndarray,
+        values: np.ndarray,
+        hashes: np.ndarray,
+        asked: np.ndarray,
+    ) -> None:
+        rows = self._rows_for(len(events))
+        self._etype[rows], self._values[rows], self._hashes[rows] = etype, values, hashes
+        self._asked[rows], self._answered[rows] = asked, 0
+        for row, event, source, key in zip(rows.tolist(), events, sources, hashes[:, -1].tolist(), strict=True):
+            self._events[row], self._sources[row] = event, source
+            self._row[key] = row
+
+    def answer(self, answers: Answers) -> tuple[Complete, np.ndarray]:
+        """Merge `answers`; the events now complete (taken out), and which answers had no event waiting."""
+        rows = np.fromiter((self._row.get(key, -1) for key in answers.event.tolist()), np.int64, len(answers))
+        found = rows >= 0
+        at = rows[found]
+        np.bitwise_or.at(self._asked, at, answers.passed_on[found])
+        np.bitwise_or.at(self._answered, at, answers.answered[found])
+        np.fmax.at(self._values, at, answers.values[found])  # each feature is read on one shard: NaN elsewhere
+        resolved = found & (answers.fingerprint != np.uint64(ABSENT))
+        if self._fingerprint >= 0 and resolved.any():
+            self._hashes[rows[resolved], self._fingerprint] = answers.fingerprint[resolved]
+        touched = np.unique(at)
+        done = touched[(self._asked[touched] & ~self._answered[touched]) == 0]
+        return self._take(done), np.flatnonzero(~found)
+
+    def _take(self, rows: np.ndarray) -> Complete:
+        events, sources = [], []
+        for row in rows.tolist():
+            event, source = self._events[row], self._sources[row]
+            assert event is not None and source is not None
+            events.append(event)
+            sources.append(source)
+            self._events[row] = self._sources[row] = None
+            self._free.append(row)
+        for key in self._hashes[rows, -1].tolist():
+            del self._row[key]
+        return Complete(events, sources, self._etype[rows], self._values[rows], self._hashes[rows])
+
+    def _rows_for(self, n: int) -> np.ndarray:
+        reused = [self._free.pop() for _ in range(min(n, len(self._free)))]
+        start = len(self._events)
+        fresh = n - len(reused)
+        if fresh:
+            self._events += [None] * fresh
+            self._sources += [None] * fresh
+            if len(self._events) > self._etype.shape[0]:
+                self._grow(max(len(self._events), 2 * self._etype.shape[0]))
+        return np.array(reused + list(range(start, start + fresh)), np.int64)
+
+    def _grow(self, size: int) -> None:
+        def grown(array: np.ndarray) -> np.ndarray:
+            out = np.zeros((size, *array.shape[1:]), array.dtype)
+            out[: array.shape[0]] = array
+            return out
+
+        self._etype, self._values, self._hashes = grown(self._etype), grown(self._values), grown(self._hashes)
+        self._asked, self._answered = grown(self._asked), grown(self._answered)
