@@ -1,32 +1,106 @@
-"""A transaction's state changes, per shard, as the bytes of one record: what the changelog will carry.
+"""A shard's state as records: what changed in a transaction, or all of it (a snapshot), and back.
 
-A record holds the entities the transaction changed, packed (`pack`), and
-the keys of those it expired. It starts with the layout's fingerprint:
-applied to state of another layout (a feature added or changed, another
-hash or packing), it is refused with a clear error, never mixed in.
-Event ids and device fingerprints are not in it yet.
+A `ShardRecord` holds, for one shard: the entities changed, packed (`pack`),
+and the keys of those expired; the event ids decided and the device ->
+fingerprint links learned, each with its time; and the events decided there
+that wait for other shards (`pending`: their input record, type, values read
+so far, hashes and answer bits), with the keys of those decided since. A
+snapshot holds all of the shard and replaces what a state had of it.
+Restore is the last snapshot, then every change after it, in order.
+
+Every record carries the layout's fingerprint: applied to state of another
+layout (a feature added or changed, another hash key or packing), it is
+refused with a clear error, never mixed in.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Final
+from dataclasses import dataclass
 
+import msgspec
 import numpy as np
 
 from streamguard.columnar.hashing import DELETED, LAYOUT_VERSION, ColumnHashes
 from streamguard.columnar.layout import Layout
 from streamguard.columnar.pack import shard_of_keys
 from streamguard.columnar.state import ColumnarState, load, packed
-from streamguard.columnar.tables import IDS_USED, INLINE, LIVE, TOMBSTONES, Memo, forget_entities
+from streamguard.columnar.tables import (
+    IDS_USED,
+    INLINE,
+    LIVE,
+    TOMBSTONES,
+    Memo,
+    forget_entities,
+    grown_memo,
+    memo_get,
+    memo_put,
+)
 from streamguard.errors import StreamguardError
 from streamguard.kernels.window import HLL_REGISTERS
 
-HEADER_WORDS: Final = 3  # layout fingerprint, entities, expired keys
+Source = tuple[str, int, int, bytes | None, bytes | None]  # an input record: topic, partition, offset, key, value
 
 
 class LayoutMismatch(StreamguardError):
     """A record of state made under another layout."""
+
+
+class ShardRecord(msgspec.Struct, array_like=True):
+    layout: int
+    shard: int
+    snapshot: bool
+    newest_ts: int
+    expired: bytes = b""  # uint64 keys
+    entities: bytes = b""  # int64 words
+    ids: bytes = b""  # uint64 keys, then int64 times
+    links: bytes = b""  # uint64 device keys, uint64 fingerprints, int64 times
+    pending: list[Source] = []
+    pending_rows: bytes = b""  # int64 type, asked, answered; float64 values; uint64 hashes: each for every row
+    done: bytes = b""  # uint64 keys of pending events decided
+
+
+@dataclass
+class PendingRows:
+    """Pending events as a record carries them."""
+
+    sources: list[Source]
+    etype: np.ndarray
+    asked: np.ndarray
+    answered: np.ndarray
+    values: np.ndarray
+    hashes: np.ndarray
+
+    def to_bytes(self) -> bytes:
+        return b"".join(a.tobytes() for a in (self.etype, self.asked, self.answered, self.values, self.hashes))
+
+    @staticmethod
+    def from_bytes(sources: list[Source], data: bytes, features: int, hash_columns: int) -> PendingRows:
+        n = len(sources)
+        words = np.frombuffer(data, np.int64)
+        values = words[3 * n : 3 * n + n * features].view(np.float64).reshape(n, features).copy()
+        hashes = words[3 * n + n * features :].view(np.uint64).reshape(n, hash_columns).copy()
+        return PendingRows(sources, words[:n].copy(), words[n : 2 * n].copy(), words[2 * n : 3 * n].copy(), values,
+                           hashes)  # fmt: skip
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(ShardRecord)
+
+
+def encode(record: ShardRecord) -> bytes:
+    return _encoder.encode(record)
+
+
+def decode(data: bytes, fingerprint: int) -> ShardRecord:
+    """A record; `LayoutMismatch` if it was made under another layout than `fingerprint`'s."""
+    record = _decoder.decode(data)
+    if record.layout != fingerprint:
+        raise LayoutMismatch(
+            "a state record was made under another layout of features or state, or another hash key; this state "
+            "must be rebuilt from scratch"
+        )
+    return record
 
 
 def layout_fingerprint(layout: Layout, hashes: ColumnHashes) -> int:
@@ -39,39 +113,68 @@ def layout_fingerprint(layout: Layout, hashes: ColumnHashes) -> int:
     return int.from_bytes(hashlib.blake2b(shape, digest_size=8).digest(), "little", signed=True)
 
 
-def take_changes(state: ColumnarState, hashes: ColumnHashes, expired: np.ndarray, shards: int) -> dict[int, bytes]:
-    """Per shard, the record of what changed since the last call (`expired`: the keys `expire` freed meanwhile)."""
-    ids = state.take_changed()
-    ids = ids[state.entities.key[ids] > DELETED]  # changed, then expired: in `expired`
-    words, ends = packed(state, ids)
-    starts = np.concatenate([[0], ends[:-1]]) if ids.size else ends
-    entity_shards = shard_of_keys(state.entities.key[ids], shards)
-    expired_shards = shard_of_keys(expired, shards)
-    fingerprint = layout_fingerprint(state.layout, hashes)
+def take_changes(
+    state: ColumnarState, fingerprint: int, expired: np.ndarray, ids: np.ndarray, links: np.ndarray, shards: int
+) -> dict[int, ShardRecord]:
+    """Per shard, the entities changed since the last call, those expired meanwhile, the memos of `ids`, `links`."""
+    changed = state.take_changed()
+    changed = changed[state.entities.key[changed] > DELETED]  # changed, then expired: in `expired`
+    words, ends = packed(state, changed)
+    starts = np.concatenate([[0], ends[:-1]]).astype(np.int64) if changed.size else ends
+    entity_shards = shard_of_keys(state.entities.key[changed], shards)
+    id_keys, _, id_ts = _entries(state.ids, np.unique(ids))
+    link_keys, link_values, link_ts = _entries(state.links, np.unique(links))
     records = {}
-    for shard in np.union1d(entity_shards, expired_shards).tolist():
-        mine = np.flatnonzero(entity_shards == shard)
-        gone = expired[expired_shards == shard]
-        body = [words[starts[j] : ends[j]] for j in mine.tolist()]
-        header = np.array([fingerprint, mine.size, gone.size], np.int64)
-        records[shard] = b"".join([header.tobytes(), gone.tobytes(), *(part.tobytes() for part in body)])
+    parts = [entity_shards, shard_of_keys(expired, shards), shard_of_keys(id_keys, shards),
+             shard_of_keys(link_keys, shards)]  # fmt: skip
+    for shard in np.unique(np.concatenate(parts)).tolist():
+        mine = np.flatnonzero(entity_shards == shard).tolist()
+        i, k = parts[2] == shard, parts[3] == shard
+        records[shard] = ShardRecord(
+            fingerprint, shard, False, state.newest_ts,
+            expired=expired[parts[1] == shard].tobytes(),
+            entities=b"".join(words[starts[j] : ends[j]].tobytes() for j in mine),
+            ids=id_keys[i].tobytes() + id_ts[i].tobytes(),
+            links=link_keys[k].tobytes() + link_values[k].tobytes() + link_ts[k].tobytes(),
+        )  # fmt: skip
     return records
 
 
-def apply_changes(state: ColumnarState, hashes: ColumnHashes, record: bytes) -> None:
-    """Apply one record of `take_changes` to `state` (a restore, or a replica)."""
-    words = np.frombuffer(record, np.int64)
-    fingerprint, _, expired = (int(x) for x in words[:HEADER_WORDS])
-    if fingerprint != layout_fingerprint(state.layout, hashes):
-        raise LayoutMismatch(
-            "a state record was made under another layout of features or state, or another hash key; this state "
-            "must be rebuilt from scratch"
-        )
-    gone = words[HEADER_WORDS : HEADER_WORDS + expired].view(np.uint64)
+def snapshot(state: ColumnarState, fingerprint: int, shard: int, shards: int) -> ShardRecord:
+    """All the state holds of `shard`: entities, event ids, links."""
+    e = state.entities
+    used = np.arange(int(e.counters[IDS_USED]))
+    live = used[e.key[used] > DELETED]
+    mine = live[shard_of_keys(e.key[live], shards) == shard]
+    words, _ = packed(state, mine)
+    memos = []
+    for memo in (state.ids, state.links):
+        held = memo.keys[(memo.keys > DELETED)]
+        memos.append(_entries(memo, held[shard_of_keys(held, shards) == shard]))
+    (id_keys, _, id_ts), (link_keys, link_values, link_ts) = memos
+    return ShardRecord(
+        fingerprint, shard, True, state.newest_ts, entities=words.tobytes(),
+        ids=id_keys.tobytes() + id_ts.tobytes(), links=link_keys.tobytes() + link_values.tobytes() + link_ts.tobytes(),
+    )  # fmt: skip
+
+
+def apply_record(state: ColumnarState, record: ShardRecord, shards: int) -> None:
+    """Apply a record's entities, expiries and memos to `state` (a snapshot first forgets what it had of the shard)."""
+    if record.snapshot:
+        gone = np.zeros(shards, np.bool_)
+        gone[record.shard] = True
+        forget_shards(state, gone)
     kinds = state.layout.kind_arrays
     forget_entities(state.entities, state.pool, state.layout.arrays, kinds.features, kinds.first,
-                    int(kinds.ring_stride[0]), gone)  # fmt: skip
-    load(state, words[HEADER_WORDS + expired :].copy())
+                    int(kinds.ring_stride[0]), np.frombuffer(record.expired, np.uint64))  # fmt: skip
+    load(state, np.frombuffer(record.entities, np.int64).copy())
+    ids = np.frombuffer(record.ids, np.uint64)
+    half = ids.shape[0] // 2
+    state.ids = _put(state.ids, ids[:half], np.zeros(half, np.uint64), ids[half:].view(np.int64))
+    links = np.frombuffer(record.links, np.uint64)
+    third = links.shape[0] // 3
+    state.links = _put(state.links, links[:third], links[third : 2 * third], links[2 * third :].view(np.int64))
+    state.newest_ts = max(state.newest_ts, record.newest_ts)
 
 
 def forget_shards(state: ColumnarState, gone: np.ndarray) -> None:
@@ -87,6 +190,23 @@ def forget_shards(state: ColumnarState, gone: np.ndarray) -> None:
                     keys[gone[shard_of_keys(keys, shards)]])  # fmt: skip
     for memo in (state.ids, state.links):
         _forget_memo(memo, gone)
+
+
+def _entries(memo: Memo, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The keys of `keys` that `memo` holds, with their values and times."""
+    keys = np.ascontiguousarray(keys, np.uint64)
+    value, ts = np.zeros(keys.shape[0], np.uint64), np.zeros(keys.shape[0], np.int64)
+    memo_get(memo, keys, value, ts)
+    held = ts >= 0
+    return keys[held], value[held], ts[held]
+
+
+def _put(memo: Memo, keys: np.ndarray, value: np.ndarray, ts: np.ndarray) -> Memo:
+    """`memo` (or a grown copy) holding `keys` with their values and times."""
+    position = 0
+    while (position := memo_put(memo, keys, value, ts, position)) < keys.shape[0]:
+        memo = grown_memo(memo)
+    return memo
 
 
 def _forget_memo(memo: Memo, gone: np.ndarray) -> None:

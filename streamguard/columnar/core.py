@@ -23,12 +23,12 @@ import numpy as np
 import orjson
 
 from streamguard.codec import decode_event, encode_verdict
-from streamguard.columnar import exchange
-from streamguard.columnar.changes import forget_shards, layout_fingerprint
+from streamguard.columnar import changes, exchange
+from streamguard.columnar.changes import PendingRows, ShardRecord, forget_shards, layout_fingerprint
 from streamguard.columnar.columns import columns_of
 from streamguard.columnar.exchange import Answers, Outbox, Rows
 from streamguard.columnar.hashing import ABSENT, ColumnHashes
-from streamguard.columnar.layout import Layout, ReadPlan
+from streamguard.columnar.layout import TYPE_CODE, Layout, ReadPlan
 from streamguard.columnar.pack import shard_of_keys
 from streamguard.columnar.pending import PendingEvents
 from streamguard.columnar.rules import rules_fired
@@ -44,6 +44,7 @@ from streamguard.topics.names import TopicNames
 from streamguard.verdicts import Detector
 
 log = logging.getLogger(__name__)
+RESTORE_NOW_MS = 2**62  # a restored pending event was accepted once: its time is not checked against now again
 _encode = msgspec.json.Encoder().encode
 
 
@@ -106,10 +107,14 @@ class BatchCore:
         self.layout = Layout(specs, lateness_ms)
         self.fingerprint = layout_fingerprint(self.layout, hashes)
         self.state = ColumnarState(self.layout, dedup_retention_ms)
-        self.own(range(names.shards))
         self.pending = PendingEvents(len(specs), len(self.layout.hash_columns) + 1, self.layout.fingerprint_column)
+        self.own(range(names.shards))
         self._plan: tuple[Program | None, ReadPlan] = (None, self.layout.plan(None))
         self._widths = (len(self.layout.number_columns), len(self.layout.hash_columns) + 1, len(specs))
+        # What changed since the last `take_changes`, besides the entities (the state marks those).
+        self._expired: list[np.ndarray] = []
+        self._ids: list[np.ndarray] = []
+        self._links: list[np.ndarray] = []
 
     def own(self, shards: Iterable[int]) -> None:
         """Hold `shards` (their events and entities) from now on; the entities of the others are forgotten."""
@@ -117,6 +122,47 @@ class BatchCore:
         owned[list(shards)] = True
         self.state.owned = owned
         forget_shards(self.state, ~owned)
+        keys = self.pending.keys()
+        self.pending.forget(keys[~owned[shard_of_keys(keys, self._names.shards)]])
+
+    # --- durability: the state of a shard as records ---------------------------------
+
+    def take_changes(self) -> dict[int, bytes]:
+        """Per shard, the record of what the batches since the last call changed: what the changelog carries."""
+        shards = self._names.shards
+        empty = np.empty(0, np.uint64)
+        records = changes.take_changes(
+            self.state, self.fingerprint, np.concatenate([empty, *self._expired]), np.concatenate([empty, *self._ids]),
+            np.concatenate([empty, *self._links]), shards,
+        )  # fmt: skip
+        self._expired, self._ids, self._links = [], [], []
+        for shard, (rows, done) in self.pending.take_changes(shards).items():
+            record = records.setdefault(shard, ShardRecord(self.fingerprint, shard, False, self.state.newest_ts))
+            record.pending, record.pending_rows, record.done = rows.sources, rows.to_bytes(), done.tobytes()
+        return {shard: changes.encode(record) for shard, record in records.items()}
+
+    def snapshot(self, shard: int) -> bytes:
+        """Everything held of `shard`, as one record that replaces what a restore had of it."""
+        record = changes.snapshot(self.state, self.fingerprint, shard, self._names.shards)
+        rows = self.pending.of_shard(shard, self._names.shards)
+        record.pending, record.pending_rows = rows.sources, rows.to_bytes()
+        return changes.encode(record)
+
+    def restore(self, record: bytes) -> None:
+        """Apply a record of `take_changes` or `snapshot` (`LayoutMismatch` if made under another layout)."""
+        shards = self._names.shards
+        decoded = changes.decode(record, self.fingerprint)
+        changes.apply_record(self.state, decoded, shards)
+        keys = self.pending.keys()
+        if decoded.snapshot:
+            self.pending.forget(keys[shard_of_keys(keys, shards) == decoded.shard])
+        self.pending.forget(np.frombuffer(decoded.done, np.uint64))
+        _, hash_columns, features = self._widths
+        rows = PendingRows.from_bytes(decoded.pending, decoded.pending_rows, features, hash_columns)
+        self.pending.forget(rows.hashes[:, -1])  # replaced by what the record has of them
+        sources = [Incoming(*source) for source in rows.sources]
+        events = [decode_event(s.value, self._type_of[s.topic], RESTORE_NOW_MS) for s in sources]
+        self.pending.park(events, sources, rows.etype, rows.values, rows.hashes, rows.asked, rows.answered)
 
     def encode(self, outbox: Outbox) -> bytes:
         """The shards-topic record of what a batch sends one shard."""
@@ -171,8 +217,17 @@ class BatchCore:
         local = self._answer(np.arange(mine, len(rows)), rows, counted, output)
         self._take_answers(Answers.concat([answers, local], features=self._widths[2]), decided, output)
         self._publish(program, decided, now_ms, output)
-        self.state.expire()
+        self._note_memos(rows, kept, counted)
+        self._expired.append(self.state.expire())
         return output
+
+    def _note_memos(self, rows: Rows, kept: np.ndarray, counted: CountResult) -> None:
+        """The event ids this batch decided, and the devices whose fingerprint it may have learned."""
+        self._ids.append(rows.hashes[kept, -1])
+        device = self.layout.device_column
+        if device >= 0:
+            reports = (rows.etype == TYPE_CODE["device"]) & ~counted.duplicate
+            self._links.append(rows.hashes[reports, device])
 
     def _held(self, keys: np.ndarray) -> np.ndarray:
         held: np.ndarray = self.state.owned[shard_of_keys(keys, self._names.shards)]

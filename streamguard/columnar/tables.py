@@ -398,3 +398,34 @@ def take_dirty(entities, out) -> int:
         e.is_dirty[e.dirty[j]] = False
     e.counters[DIRTY] = 0
     return n
+
+
+@kernel
+def memo_get(memo, keys, value, ts) -> None:
+    """Each key's value and time (ts -1 where it is not held)."""
+    for j in range(keys.shape[0]):
+        slot = find_slot(memo.keys, keys[j])
+        if slot >= 0:
+            value[j] = memo.value[slot]
+            ts[j] = memo.ts[slot]
+        else:
+            ts[j] = -1
+
+
+@kernel
+def memo_put(memo, keys, value, ts, start) -> int:
+    """Hold `keys[start:]` with their values and times; where it stopped for want of room (`keys.shape[0]`: done)."""
+    c = memo.counters
+    for j in range(start, keys.shape[0]):
+        slot = find_slot(memo.keys, keys[j])
+        if slot < 0:
+            if table_full(c[LIVE], c[TOMBSTONES], memo.keys.shape[0]):
+                return j
+            slot = insert_slot(memo.keys, keys[j])
+            if memo.keys[slot] == uint64(DELETED):
+                c[TOMBSTONES] -= 1
+            memo.keys[slot] = keys[j]
+            c[LIVE] += 1
+        memo.value[slot] = value[j]
+        memo.ts[slot] = ts[j]
+    return keys.shape[0]

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from rocksdict import Cache
 
-from streamguard.columnar.changes import LayoutMismatch, apply_changes, take_changes
+from streamguard.columnar.changes import LayoutMismatch, apply_record, decode, encode, layout_fingerprint, take_changes
 from streamguard.columnar.columns import columns_of
 from streamguard.columnar.hashing import ColumnHashes, hash_column, hash_one
 from streamguard.columnar.layout import Layout
@@ -261,6 +261,7 @@ def test_a_replica_fed_each_batchs_change_records_holds_the_same_state():
     layout = Layout(specs, LATENESS)
     primary, replica = ColumnarState(layout, 3_600_000), ColumnarState(layout, 3_600_000, reserved=64)
     rng, expired_in_all = random.Random(11), 0
+    fingerprint, nothing = layout_fingerprint(layout, HASHES), np.empty(0, np.uint64)
     stream = sorted(_stream(2000, seed=12, disorder_ms=240_000), key=lambda e: e.ts)
     for day, shift in enumerate((0, 30 * 3_600_000)):  # a second day: the first day's entities expire
         batch_events = [msgspec.structs.replace(e, event_id=f"{e.event_id}-{day}", ts=e.ts + shift) for e in stream]
@@ -270,8 +271,8 @@ def test_a_replica_fed_each_batchs_change_records_holds_the_same_state():
                 [primary.expire() for _ in range(rng.choice([0, 1, 3]))] or [np.empty(0, np.uint64)]
             )
             expired_in_all += expired.size
-            for record in take_changes(primary, HASHES, expired, shards=6).values():
-                apply_changes(replica, HASHES, record)
+            for record in take_changes(primary, fingerprint, expired, nothing, nothing, shards=6).values():
+                apply_record(replica, decode(encode(record), fingerprint), shards=6)
             assert replica.entity_counts() == primary.entity_counts()
     assert expired_in_all > 50
     probe = sorted(_stream(300, seed=14, disorder_ms=240_000), key=lambda e: e.ts)
@@ -284,15 +285,18 @@ def test_a_record_of_another_layout_is_refused():
     state = ColumnarState(Layout(specs, LATENESS), 3_600_000)
     other = ColumnarState(Layout(specs[:-1], LATENESS), 3_600_000)
     _count(other, other.layout, _stream(20, seed=15, disorder_ms=1000))
-    (record, *_) = take_changes(other, HASHES, np.empty(0, np.uint64), shards=1).values()
+    nothing = np.empty(0, np.uint64)
+    theirs = layout_fingerprint(other.layout, HASHES)
+    (record, *_) = take_changes(other, theirs, nothing, nothing, nothing, shards=1).values()
     with pytest.raises(LayoutMismatch, match="another layout"):
-        apply_changes(state, HASHES, record)
+        decode(encode(record), layout_fingerprint(state.layout, HASHES))
+    ours = layout_fingerprint(state.layout, HASHES)
+    assert ours != layout_fingerprint(state.layout, ColumnHashes(b"another-hash-key-0123"))
     same_layout = ColumnarState(state.layout, 3_600_000)
     _count(same_layout, same_layout.layout, _stream(20, seed=15, disorder_ms=1000))
-    (record, *_) = take_changes(same_layout, HASHES, np.empty(0, np.uint64), shards=1).values()
-    apply_changes(state, HASHES, record)
-    with pytest.raises(LayoutMismatch, match="hash key"):
-        apply_changes(state, ColumnHashes(b"another-hash-key-0123"), record)
+    (record, *_) = take_changes(same_layout, ours, nothing, nothing, nothing, shards=1).values()
+    apply_record(state, decode(encode(record), ours), shards=1)
+    assert state.entity_counts() == same_layout.entity_counts()
 
 
 def test_a_type_or_filter_listed_twice_counts_once_and_numbers_and_empty_text_are_values():

@@ -113,3 +113,54 @@ def test_shards_given_up_are_forgotten_and_the_rest_kept():
     assert set(shard_of_keys(keys[keys > DELETED], NAMES.shards).tolist()) <= set(kept)
     ids = state.ids.keys[state.ids.keys > DELETED]
     assert ids.size > 0 and set(shard_of_keys(ids, NAMES.shards).tolist()) <= set(kept)
+
+
+def _play_with_crashes(n: int, crash_every: int) -> tuple[Cluster, dict, dict]:
+    """`_play` event by event on 3 workers, snapshots every 5 batches; every `crash_every` events a worker
+    crashes with its batch in flight (never committed), and comes back from the changelog."""
+    cluster = Cluster(NAMES, _core, 3, batch_max_span_ms=1000, snapshot_every=5)
+    cluster.now_ms = T0 + 20 * n
+    traffic = DemoTraffic(seed=5, run="cluster")
+    lost = 0
+    for i in range(n):
+        message = traffic.next_message(T0 + 20 * i)
+        cluster.produce(message.topic.split(".")[-1], message.value, message.key, partition=i % 3)
+        if i % crash_every == crash_every - 1:
+            lost += cluster.crash(i // crash_every % 3, in_flight=True)
+        cluster.run()
+    assert lost > 5
+    verdicts, features = {}, {}
+    for out in cluster.outputs:
+        if out.topic != NAMES.deadletter:
+            record = json.loads(out.value)
+            (features if out.topic == "features" else verdicts).setdefault(record["event_id"], []).append(record)
+    return cluster, verdicts, features
+
+
+def test_workers_that_crash_mid_batch_come_back_from_snapshots_and_changes_and_decide_as_if_they_had_not():
+    _, expected, expected_features, _ = _play(3, 1200, drain_each=True)
+    cluster, verdicts, features = _play_with_crashes(1200, crash_every=37)
+    assert all(len(v) == 1 for v in verdicts.values()) and set(verdicts) == set(expected)
+    assert {k: v[0]["features"] for k, v in features.items()} == {
+        k: v["features"] for k, v in expected_features.items()
+    }
+    assert sum(is_snapshot for log in cluster.changelog.values() for is_snapshot, _ in log) > 3 * NAMES.shards
+    assert cluster.pending() == 0
+
+
+def test_in_batches_crashes_lose_no_event_and_decide_none_twice():
+    _, expected, _, expected_dead = _play(3, 3000, drain_each=False)
+    cluster = Cluster(NAMES, _core, 3, batch_max_events=400, batch_max_span_ms=1000, snapshot_every=3)
+    cluster.now_ms = T0 + 20 * 3000
+    traffic = DemoTraffic(seed=5, run="cluster")
+    lost = 0
+    for i in range(3000):
+        message = traffic.next_message(T0 + 20 * i)
+        cluster.produce(message.topic.split(".")[-1], message.value, message.key, partition=i % 3)
+        if i % 500 == 499:  # a backlog has built up: each worker goes down with a batch in flight
+            cluster.step(0)
+            lost += sum(cluster.crash(w, in_flight=True) for w in range(3))
+    cluster.run()
+    verdicts = [json.loads(o.value)["event_id"] for o in cluster.outputs if o.topic in NAMES.verdicts.values()]
+    dead = sum(o.topic == NAMES.deadletter for o in cluster.outputs)
+    assert lost > 5 and sorted(verdicts) == sorted(expected) and dead == expected_dead and cluster.pending() == 0
