@@ -119,21 +119,23 @@ def take_changes(
     """Per shard, the entities changed since the last call, those expired meanwhile, the memos of `ids`, `links`."""
     changed = state.take_changed()
     changed = changed[state.entities.key[changed] > DELETED]  # changed, then expired: in `expired`
-    words, ends = packed(state, changed)
-    starts = np.concatenate([[0], ends[:-1]]).astype(np.int64) if changed.size else ends
     entity_shards = shard_of_keys(state.entities.key[changed], shards)
+    by_shard = np.argsort(entity_shards, kind="stable")  # each shard's entities pack to one run of words
+    changed, entity_shards = changed[by_shard], entity_shards[by_shard]
+    words, ends = packed(state, changed)
     id_keys, _, id_ts = _entries(state.ids, np.unique(ids))
     link_keys, link_values, link_ts = _entries(state.links, np.unique(links))
     records = {}
     parts = [entity_shards, shard_of_keys(expired, shards), shard_of_keys(id_keys, shards),
              shard_of_keys(link_keys, shards)]  # fmt: skip
     for shard in np.unique(np.concatenate(parts)).tolist():
-        mine = np.flatnonzero(entity_shards == shard).tolist()
+        first, last = np.searchsorted(entity_shards, [shard, shard + 1])
+        start, end = (int(ends[first - 1]) if first else 0), (int(ends[last - 1]) if last else 0)
         i, k = parts[2] == shard, parts[3] == shard
         records[shard] = ShardRecord(
             fingerprint, shard, False, state.newest_ts,
             expired=expired[parts[1] == shard].tobytes(),
-            entities=b"".join(words[starts[j] : ends[j]].tobytes() for j in mine),
+            entities=words[start:end].tobytes() if last > first else b"",
             ids=id_keys[i].tobytes() + id_ts[i].tobytes(),
             links=link_keys[k].tobytes() + link_values[k].tobytes() + link_ts[k].tobytes(),
         )  # fmt: skip

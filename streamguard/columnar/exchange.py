@@ -10,7 +10,7 @@ entities are counted on theirs. Three kinds of work travel, each as columns:
   column to count there (`want`; the device's bit also asks for the device ->
   fingerprint memory, which lives with the device);
 - `values`: the answer to an `apply` row, to the event's shard: the feature
-  values read, which bits were answered, which were passed on to a further
+  values read (a bit per feature, and the values of those read), which bits were answered, which were passed on to a further
   shard (a fingerprint the device's shard resolved), and that fingerprint.
 
 A record starts with the layout's fingerprint: a record from a worker of
@@ -125,7 +125,8 @@ def encode(outbox: Outbox, layout: int, numbers: int, hashes: int, features: int
         len(rows),
         [np.ascontiguousarray(getattr(rows, name)).tobytes() for name in _ROW_FIELDS],
         len(answers),
-        [np.ascontiguousarray(getattr(answers, name)).tobytes() for name in _ANSWER_FIELDS],
+        [np.ascontiguousarray(getattr(answers, name)).tobytes() for name in _ANSWER_FIELDS[:-1]]
+        + _sparse(answers.values),
     )
     return _encoder.encode(wire)
 
@@ -146,10 +147,24 @@ def decode(data: bytes, layout: int, numbers: int, hashes: int, features: int) -
         np.frombuffer(num, np.float64).reshape(n, numbers).copy(),
         np.frombuffer(hsh, np.uint64).reshape(n, hashes).copy(),
     )  # fmt: skip
-    event, answered, passed_on, fingerprint, values = wire.values
+    event, answered, passed_on, fingerprint, read, values = wire.values
     answers = Answers(
         np.frombuffer(event, np.uint64).copy(), np.frombuffer(answered, np.int64).copy(),
         np.frombuffer(passed_on, np.int64).copy(), np.frombuffer(fingerprint, np.uint64).copy(),
-        np.frombuffer(values, np.float64).reshape(m, features).copy(),
+        _dense(read, values, m, features),
     )  # fmt: skip
     return Inbox([Incoming(*record) for record in wire.forward], rows, answers)
+
+
+def _sparse(values: np.ndarray) -> list[bytes]:
+    """An answer's values as a bit per feature read (packed) and the values read: a shard reads few of them."""
+    read = ~np.isnan(values)
+    return [np.packbits(read, axis=1).tobytes(), values[read].tobytes()]
+
+
+def _dense(read: bytes, values: bytes, rows: int, features: int) -> np.ndarray:
+    bits = np.frombuffer(read, np.uint8).reshape(rows, -1) if rows else np.zeros((0, 1), np.uint8)
+    mask = np.unpackbits(bits, axis=1, count=features).astype(np.bool_)
+    out = np.full((rows, features), np.nan)
+    out[mask] = np.frombuffer(values, np.float64)
+    return out
