@@ -10,8 +10,9 @@ entities are counted on theirs. Three kinds of work travel, each as columns:
   column to count there (`want`; the device's bit also asks for the device ->
   fingerprint memory, which lives with the device);
 - `values`: the answer to an `apply` row, to the event's shard: the feature
-  values read (a bit per feature, and the values of those read), which bits were answered, which were passed on to a further
-  shard (a fingerprint the device's shard resolved), and that fingerprint.
+  values read (a bit per feature, and the values of those read), which bits
+  were answered, which were passed on to a further shard (a fingerprint the
+  device's shard resolved), and that fingerprint.
 
 A record starts with the layout's fingerprint: a record from a worker of
 another layout (features, hash key, packing) is refused, never mixed in.
