@@ -108,13 +108,14 @@ class BatchCore:
         self.fingerprint = layout_fingerprint(self.layout, hashes)
         self.state = ColumnarState(self.layout, dedup_retention_ms)
         self.pending = PendingEvents(len(specs), len(self.layout.hash_columns) + 1, self.layout.fingerprint_column)
-        self.own(range(names.shards))
-        self._plan: tuple[Program | None, ReadPlan] = (None, self.layout.plan(None))
+        self._read_everything = self.layout.plan(None)
+        self._plan: tuple[Program | None, ReadPlan] = (None, self._read_everything)
         self._widths = (len(self.layout.number_columns), len(self.layout.hash_columns) + 1, len(specs))
         # What changed since the last `take_changes`, besides the entities (the state marks those).
         self._expired: list[np.ndarray] = []
         self._ids: list[np.ndarray] = []
         self._links: list[np.ndarray] = []
+        self.own(range(names.shards))
 
     def own(self, shards: Iterable[int]) -> None:
         """Hold `shards` (their events and entities) from now on; the entities of the others are forgotten."""
@@ -124,6 +125,8 @@ class BatchCore:
         forget_shards(self.state, ~owned)
         keys = self.pending.keys()
         self.pending.forget(keys[~owned[shard_of_keys(keys, self._names.shards)]])
+        self.pending.forget_done(owned)
+        self._expired = [gone[owned[shard_of_keys(gone, self._names.shards)]] for gone in self._expired]
 
     # --- durability: the state of a shard as records ---------------------------------
 
@@ -188,7 +191,8 @@ class BatchCore:
         except MemoryError:
             raise
         except Exception as exc:  # a defect one of them meets: find which, one event at a time
-            return self._one_at_a_time(sources, apply, answers, now_ms, exc)
+            output.add(self._one_at_a_time(sources, apply, answers, now_ms, exc))
+            return output
         event_shards = shard_of_keys(columns.hashes[:, -1], self._names.shards)
         here = self.state.owned[event_shards]
         for i in np.flatnonzero(~here).tolist():  # decided on a shard of another worker
@@ -249,7 +253,7 @@ class BatchCore:
         want = np.left_shift(1, pair_col).astype(np.int64)
         if fp >= 0:
             asks_fingerprint = (pair_col == device) & (rows.hashes[pair_row, fp] == np.uint64(ABSENT))
-            want[asks_fingerprint] |= 1 << fp
+            want[asks_fingerprint] |= np.left_shift(np.int64(1), np.int64(fp))
         by_pair = np.argsort(pair_row * self._names.shards + targets, kind="stable")
         pair_row, targets, want = pair_row[by_pair], targets[by_pair], want[by_pair]
         starts = np.flatnonzero(np.r_[True, (pair_row[1:] != pair_row[:-1]) | (targets[1:] != targets[:-1])])
@@ -338,8 +342,15 @@ class BatchCore:
         return dead_letter(record, ErrorCode.PROCESSING_ERROR, describe(exc), self._names.deadletter)
 
     def _read_plan(self, program: Program) -> ReadPlan:
-        """What the batch reads: every feature for the features topic, else what `program`'s rules look at."""
-        if self._features_topic or self._plan[0] is program:
+        """What the batch reads: what `program`'s rules look at, or every feature.
+
+        Every feature for the features topic, and while another worker holds
+        shards: an event that waits for their answers is decided by the
+        ruleset in force when the last answer comes, which may read others.
+        """
+        if self._features_topic or not self.state.owned.all():
+            return self._read_everything
+        if self._plan[0] is program:
             return self._plan[1]
         plan = self.layout.plan({kind: program.features_read(kind) for kind in EVENT_TYPES})
         self._plan = (program, plan)

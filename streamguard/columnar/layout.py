@@ -138,6 +138,17 @@ class Layout:
         for holds, limit in limits:
             if not holds:
                 raise ConfigError(f"features/: the columnar engine takes {limit}")
+        for spec in self.specs:
+            # Other events learn their fingerprint from their device, on the device's shard: by then the
+            # other entities of the event were counted (on their own shards) without it.
+            counts_resolved = (
+                spec.field == "fingerprint" and spec.entity != "fingerprint" and set(spec.events) != {"device"}
+            )
+            if spec.aggregate == "distinct" and counts_resolved:
+                raise ConfigError(
+                    f"features/: {spec.name} counts distinct fingerprints of {spec.entity} over events other "
+                    "than device reports; only device reports carry their own fingerprint"
+                )
 
     def _arrays(self) -> FeatureArrays:
         columns: dict[str, list[int]] = {name: [] for name in FeatureArrays._fields}

@@ -116,6 +116,11 @@ class PendingEvents:
             del self._row[key]
             self._touched.discard(key)
 
+    def forget_done(self, owned: np.ndarray) -> None:
+        """Forget that events of the shards `owned` does not mark were decided (those shards moved away)."""
+        done = np.array(self._done, np.uint64)
+        self._done = done[owned[shard_of_keys(done, owned.shape[0])]].tolist()
+
     def keys(self) -> np.ndarray:
         return np.array(list(self._row), np.uint64)
 

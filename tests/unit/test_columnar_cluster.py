@@ -13,12 +13,14 @@ from streamguard.columnar.core import BatchCore
 from streamguard.columnar.driver import Cluster
 from streamguard.columnar.exchange import Outbox, Rows
 from streamguard.columnar.hashing import DELETED, ColumnHashes
+from streamguard.columnar.layout import Layout
 from streamguard.columnar.pack import shard_of_keys
 from streamguard.demo.traffic import DemoTraffic
+from streamguard.errors import ConfigError
 from streamguard.events import LoginEvent
 from streamguard.features.spec import load_features
 from streamguard.rules.program import Program
-from streamguard.rules.spec import load_ruleset
+from streamguard.rules.spec import Condition, Decision, Rule, Ruleset, load_ruleset
 from streamguard.verdicts import Detector
 from tests.local import LATENESS_MS, NAMES
 
@@ -164,3 +166,41 @@ def test_in_batches_crashes_lose_no_event_and_decide_none_twice():
     verdicts = [json.loads(o.value)["event_id"] for o in cluster.outputs if o.topic in NAMES.verdicts.values()]
     dead = sum(o.topic == NAMES.deadletter for o in cluster.outputs)
     assert lost > 5 and sorted(verdicts) == sorted(expected) and dead == expected_dead and cluster.pending() == 0
+
+
+def test_a_ruleset_put_in_force_while_events_wait_for_other_shards_reads_what_it_needs():
+    """An event that waits is decided by the ruleset in force when its last answer comes."""
+    quiet = Ruleset(name="quiet", version=1, decision=Decision(100, 500, 900), rule=[])
+    strict = Ruleset(
+        name="strict", version=2, decision=Decision(100, 500, 900),
+        rule=[Rule(code="login.any", events=["login"], score=600, when=[Condition("logins_by_ip_10m", ">=", 1)])],
+    )  # fmt: skip
+    detectors = []
+
+    def core() -> BatchCore:
+        detectors.append(Detector(Program(quiet, SPECS), HASHES))
+        return BatchCore(NAMES, SPECS, detectors[-1], HASHES, LATENESS_MS, 6 * 3_600_000)
+
+    cluster = Cluster(NAMES, core, workers=3)
+    cluster.now_ms = T0
+    for i in range(60):
+        login = LoginEvent(event_id=f"l{i}", ts=T0 + i, account_id=f"a{i}", ip=f"10.0.{i}.1", success=True)
+        cluster.produce("login", msgspec.json.encode(login), partition=i % 3)
+    for w in range(3):
+        cluster.step(w)
+    assert cluster.pending() > 0
+    for detector in detectors:
+        detector.program = Program(strict, SPECS)
+    cluster.run()
+    verdicts = [json.loads(o.value) for o in cluster.outputs if o.topic == NAMES.verdicts["login"]]
+    strict_ones = [v for v in verdicts if v["ruleset"].startswith("strict")]
+    assert len(verdicts) == 60 and len(strict_ones) >= cluster.pending() + 10
+    assert all([r["code"] for r in v["reasons"]] == ["login.any"] for v in strict_ones)
+
+
+def test_a_distinct_count_of_fingerprints_over_other_events_is_refused():
+    spec = next(s for s in SPECS if s.aggregate == "distinct")
+    odd = msgspec.structs.replace(spec, name="fingerprints_by_account_24h", entity="account_id", field="fingerprint",
+                                  events=["login"])  # fmt: skip
+    with pytest.raises(ConfigError, match="only device reports carry their own fingerprint"):
+        Layout([*SPECS, odd], LATENESS_MS)
