@@ -7,7 +7,8 @@ entity is packed, as a changelog record or a snapshot would carry it, and
 loaded into fresh state, as a restore would: the restore rate.
 
 `bench_cluster` puts the same records through several simulated workers in
-this one process (`columnar.driver.Cluster`): the CPU every event costs when
+this one process (`columnar.driver.Cluster`), each batch committed with its
+change records and every 20th with snapshots: the CPU every event costs when
 its shards are spread over workers, and what crosses between them.
 """
 
@@ -103,6 +104,8 @@ class ClusterFigures:
     dead_letters: int
     shard_records: int
     shard_bytes_per_record: float
+    changelog_bytes_per_record: float
+    snapshots: int
 
 
 def bench_cluster(settings: Settings, records: list[Incoming], batch: int, now_ms: int, workers: int) -> ClusterFigures:
@@ -119,6 +122,7 @@ def bench_cluster(settings: Settings, records: list[Incoming], batch: int, now_m
     elapsed = time.thread_time() - started
     dead = sum(out.topic == names.deadletter for out in outs)
     shards = cluster.shards_topic()
+    changelog = [entry for log in cluster.changelog.values() for entry in log]
     return ClusterFigures(
         records=len(records),
         workers=workers,
@@ -128,6 +132,8 @@ def bench_cluster(settings: Settings, records: list[Incoming], batch: int, now_m
         dead_letters=dead,
         shard_records=len(shards),
         shard_bytes_per_record=round(sum(len(r) for r in shards) / len(records), 1),
+        changelog_bytes_per_record=round(sum(len(r) for snap, r in changelog if not snap) / len(records), 1),
+        snapshots=sum(is_snapshot for is_snapshot, _ in changelog),
     )
 
 

@@ -142,22 +142,29 @@ def take_changes(
     return records
 
 
-def snapshot(state: ColumnarState, fingerprint: int, shard: int, shards: int) -> ShardRecord:
-    """All the state holds of `shard`: entities, event ids, links."""
+def snapshots(state: ColumnarState, fingerprint: int, shards: int) -> dict[int, ShardRecord]:
+    """All the state holds of each of its shards (`state.owned`): entities, event ids, links."""
     e = state.entities
     used = np.arange(int(e.counters[IDS_USED]))
     live = used[e.key[used] > DELETED]
-    mine = live[shard_of_keys(e.key[live], shards) == shard]
-    words, _ = packed(state, mine)
-    memos = []
-    for memo in (state.ids, state.links):
-        held = memo.keys[(memo.keys > DELETED)]
-        memos.append(_entries(memo, held[shard_of_keys(held, shards) == shard]))
+    entity_shards = shard_of_keys(e.key[live], shards)
+    by_shard = np.argsort(entity_shards, kind="stable")
+    live, entity_shards = live[by_shard], entity_shards[by_shard]
+    words, ends = packed(state, live)
+    memos = [_entries(memo, memo.keys[memo.keys > DELETED]) for memo in (state.ids, state.links)]
     (id_keys, _, id_ts), (link_keys, link_values, link_ts) = memos
-    return ShardRecord(
-        fingerprint, shard, True, state.newest_ts, entities=words.tobytes(),
-        ids=id_keys.tobytes() + id_ts.tobytes(), links=link_keys.tobytes() + link_values.tobytes() + link_ts.tobytes(),
-    )  # fmt: skip
+    id_shards, link_shards = shard_of_keys(id_keys, shards), shard_of_keys(link_keys, shards)
+    records = {}
+    for shard in np.flatnonzero(state.owned).tolist():
+        first, last = np.searchsorted(entity_shards, [shard, shard + 1])
+        start, end = (int(ends[first - 1]) if first else 0), (int(ends[last - 1]) if last else 0)
+        i, k = id_shards == shard, link_shards == shard
+        records[shard] = ShardRecord(
+            fingerprint, shard, True, state.newest_ts, entities=words[start:end].tobytes() if last > first else b"",
+            ids=id_keys[i].tobytes() + id_ts[i].tobytes(),
+            links=link_keys[k].tobytes() + link_values[k].tobytes() + link_ts[k].tobytes(),
+        )  # fmt: skip
+    return records
 
 
 def apply_record(state: ColumnarState, record: ShardRecord, shards: int) -> None:

@@ -144,12 +144,13 @@ class BatchCore:
             record.pending, record.pending_rows, record.done = rows.sources, rows.to_bytes(), done.tobytes()
         return {shard: changes.encode(record) for shard, record in records.items()}
 
-    def snapshot(self, shard: int) -> bytes:
-        """Everything held of `shard`, as one record that replaces what a restore had of it."""
-        record = changes.snapshot(self.state, self.fingerprint, shard, self._names.shards)
-        rows = self.pending.of_shard(shard, self._names.shards)
-        record.pending, record.pending_rows = rows.sources, rows.to_bytes()
-        return changes.encode(record)
+    def snapshots(self) -> dict[int, bytes]:
+        """Per shard held, everything held of it, as one record that replaces what a restore had of it."""
+        records = changes.snapshots(self.state, self.fingerprint, self._names.shards)
+        for shard, record in records.items():
+            rows = self.pending.of_shard(shard, self._names.shards)
+            record.pending, record.pending_rows = rows.sources, rows.to_bytes()
+        return {shard: changes.encode(record) for shard, record in records.items()}
 
     def restore(self, record: bytes) -> None:
         """Apply a record of `take_changes` or `snapshot` (`LayoutMismatch` if made under another layout)."""

@@ -156,8 +156,8 @@ class Cluster:
             self.changelog[shard].append((False, change))
         worker.batches += 1
         if worker.batches % self._snapshot_every == 0:
-            for shard in worker.shards:
-                self.changelog[shard].append((True, worker.core.snapshot(shard)))
+            for shard, snapshot in worker.core.snapshots().items():
+                self.changelog[shard].append((True, snapshot))
         worker.committed = read
         return True
 
