@@ -102,7 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     core.add_argument("--events", type=int, default=100_000, help="demo events, without --scenario")
     core.add_argument("--batch", type=int, default=5000, help="records per batch, as the engine's merge releases them")
     core.add_argument("--seed", type=int, default=1)
-    core.add_argument("--workers", type=int, default=1, help="simulated workers the shards are dealt out to")
+    core.add_argument(
+        "--workers", type=int, help="through the in-memory cluster: simulated workers, change records, snapshots"
+    )
     core.set_defaults(run=_bench_core)
 
     rules = command("rules", "check a ruleset file, or check it and publish it to control.rules")
@@ -197,7 +199,7 @@ def _bench_core(settings: Settings, args: argparse.Namespace) -> int:
         records = scenario_records(settings, args.scenario)
     else:
         records = demo_records(settings, args.events, args.seed, now_ms)
-    if args.workers > 1:
+    if args.workers is not None:
         print_figures(bench_cluster(settings, records, args.batch, now_ms, args.workers))
     else:
         print_figures(bench_core(settings, records, args.batch, now_ms))
