@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -40,6 +41,9 @@ from streamguard.errors import StreamguardError
 from streamguard.kernels.window import HLL_REGISTERS
 
 Source = tuple[str, int, int, bytes | None, bytes | None]  # an input record: topic, partition, offset, key, value
+
+
+MAX_RECORD_BYTES = 900_000  # a record's arrays: under Kafka's default max.message.bytes (1 MiB), with room
 
 
 class LayoutMismatch(StreamguardError):
@@ -70,6 +74,10 @@ class PendingRows:
     answered: np.ndarray
     values: np.ndarray
     hashes: np.ndarray
+
+    def take(self, rows: slice) -> PendingRows:
+        return PendingRows(self.sources[rows], self.etype[rows], self.asked[rows], self.answered[rows],
+                           self.values[rows], self.hashes[rows])  # fmt: skip
 
     def to_bytes(self) -> bytes:
         return b"".join(a.tobytes() for a in (self.etype, self.asked, self.answered, self.values, self.hashes))
@@ -115,56 +123,135 @@ def layout_fingerprint(layout: Layout, hashes: ColumnHashes) -> int:
 
 def take_changes(
     state: ColumnarState, fingerprint: int, expired: np.ndarray, ids: np.ndarray, links: np.ndarray, shards: int
-) -> dict[int, ShardRecord]:
+) -> dict[int, list[ShardRecord]]:
     """Per shard, the entities changed since the last call, those expired meanwhile, the memos of `ids`, `links`."""
     changed = state.take_changed()
     changed = changed[state.entities.key[changed] > DELETED]  # changed, then expired: in `expired`
-    entity_shards = shard_of_keys(state.entities.key[changed], shards)
-    by_shard = np.argsort(entity_shards, kind="stable")  # each shard's entities pack to one run of words
-    changed, entity_shards = changed[by_shard], entity_shards[by_shard]
-    words, ends = packed(state, changed)
-    id_keys, _, id_ts = _entries(state.ids, np.unique(ids))
-    link_keys, link_values, link_ts = _entries(state.links, np.unique(links))
-    records = {}
-    parts = [entity_shards, shard_of_keys(expired, shards), shard_of_keys(id_keys, shards),
-             shard_of_keys(link_keys, shards)]  # fmt: skip
-    for shard in np.unique(np.concatenate(parts)).tolist():
-        first, last = np.searchsorted(entity_shards, [shard, shard + 1])
-        start, end = (int(ends[first - 1]) if first else 0), (int(ends[last - 1]) if last else 0)
-        i, k = parts[2] == shard, parts[3] == shard
-        records[shard] = ShardRecord(
-            fingerprint, shard, False, state.newest_ts,
-            expired=expired[parts[1] == shard].tobytes(),
-            entities=words[start:end].tobytes() if last > first else b"",
-            ids=id_keys[i].tobytes() + id_ts[i].tobytes(),
-            links=link_keys[k].tobytes() + link_values[k].tobytes() + link_ts[k].tobytes(),
-        )  # fmt: skip
-    return records
+    memos = (_entries(state.ids, np.unique(ids)), _entries(state.links, np.unique(links)))
+    parts = _Parts(state, changed, expired, memos, shards)
+    return {shard: parts.records(fingerprint, shard, False, state.newest_ts) for shard in parts.shards()}
 
 
-def snapshots(state: ColumnarState, fingerprint: int, shards: int) -> dict[int, ShardRecord]:
+def snapshots(state: ColumnarState, fingerprint: int, shards: int) -> dict[int, list[ShardRecord]]:
     """All the state holds of each of its shards (`state.owned`): entities, event ids, links."""
     e = state.entities
     used = np.arange(int(e.counters[IDS_USED]))
-    live = used[e.key[used] > DELETED]
-    entity_shards = shard_of_keys(e.key[live], shards)
-    by_shard = np.argsort(entity_shards, kind="stable")
-    live, entity_shards = live[by_shard], entity_shards[by_shard]
-    words, ends = packed(state, live)
-    memos = [_entries(memo, memo.keys[memo.keys > DELETED]) for memo in (state.ids, state.links)]
-    (id_keys, _, id_ts), (link_keys, link_values, link_ts) = memos
-    id_shards, link_shards = shard_of_keys(id_keys, shards), shard_of_keys(link_keys, shards)
-    records = {}
-    for shard in np.flatnonzero(state.owned).tolist():
-        first, last = np.searchsorted(entity_shards, [shard, shard + 1])
-        start, end = (int(ends[first - 1]) if first else 0), (int(ends[last - 1]) if last else 0)
-        i, k = id_shards == shard, link_shards == shard
-        records[shard] = ShardRecord(
-            fingerprint, shard, True, state.newest_ts, entities=words[start:end].tobytes() if last > first else b"",
-            ids=id_keys[i].tobytes() + id_ts[i].tobytes(),
-            links=link_keys[k].tobytes() + link_values[k].tobytes() + link_ts[k].tobytes(),
-        )  # fmt: skip
+    memos = tuple(_entries(memo, memo.keys[memo.keys > DELETED]) for memo in (state.ids, state.links))
+    parts = _Parts(state, used[e.key[used] > DELETED], np.empty(0, np.uint64), memos, shards)
+    return {
+        shard: parts.records(fingerprint, shard, True, state.newest_ts)
+        for shard in np.flatnonzero(state.owned).tolist()
+    }
+
+
+class _Parts:
+    """The entities (packed), expired keys and memo entries of a call, each sorted by shard."""
+
+    def __init__(
+        self,
+        state: ColumnarState,
+        entities: np.ndarray,
+        expired: np.ndarray,
+        memos: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...],
+        shards: int,
+    ) -> None:
+        entity_shards = shard_of_keys(state.entities.key[entities], shards)
+        by_shard = np.argsort(entity_shards, kind="stable")  # each shard's entities pack to one run of words
+        self.entity_shards = entity_shards[by_shard]
+        self.words, self.ends = packed(state, entities[by_shard])
+        self.expired, self.expired_shards = _by_shard(shards, expired)
+        (id_keys, _, id_ts), (link_keys, link_values, link_ts) = memos
+        self.ids, self.id_shards = _by_shard(shards, id_keys, id_ts)
+        self.links, self.link_shards = _by_shard(shards, link_keys, link_values, link_ts)
+
+    def shards(self) -> list[int]:
+        every = [self.entity_shards, self.expired_shards, self.id_shards, self.link_shards]
+        return list(np.unique(np.concatenate(every)).tolist())
+
+    def records(self, fingerprint: int, shard: int, snapshot: bool, newest_ts: int) -> list[ShardRecord]:
+        """The shard's records: one, or several of at most `MAX_RECORD_BYTES` (a snapshot's first says so)."""
+        first, last = np.searchsorted(self.entity_shards, [shard, shard + 1])
+        ends = self.ends[first:last]
+        start = int(self.ends[first - 1]) if first else 0
+        pieces: list[dict[str, bytes]] = []
+        for i, j in _runs(ends - start, MAX_RECORD_BYTES // 8):
+            pieces.append({"entities": self.words[int(ends[i - 1]) if i else start : int(ends[j - 1])].tobytes()})
+        for name, (columns, shards) in {"expired": (self.expired, self.expired_shards),
+                                        "ids": (self.ids, self.id_shards),
+                                        "links": (self.links, self.link_shards)}.items():  # fmt: skip
+            a, b = np.searchsorted(shards, [shard, shard + 1])
+            per_piece = max(1, MAX_RECORD_BYTES // (8 * len(columns)))
+            for at in range(a, b, per_piece):
+                pieces.append({name: b"".join(column[at : min(b, at + per_piece)].tobytes() for column in columns)})
+        return fill(ShardRecord(fingerprint, shard, snapshot, newest_ts), pieces)
+
+
+Piece = dict[str, Any]  # fields of a record: bytes, or the pending events' sources
+
+
+def fill(first: ShardRecord, pieces: list[Piece]) -> list[ShardRecord]:
+    """`first`, then as many records as it takes to hold `pieces` (fields to set), in order.
+
+    A record stays within `MAX_RECORD_BYTES` (unless one piece is bigger);
+    a piece is never split, nor two of one field put in one record.
+    """
+    records = [first]
+    for piece in pieces:
+        record = records[-1]
+        if size_of(record) + _size(piece) > MAX_RECORD_BYTES or any(getattr(record, name) for name in piece):
+            record = msgspec.structs.replace(first, snapshot=False, pending=[], **{name: b"" for name in _PARTS})
+            records.append(record)
+        for name, value in piece.items():
+            setattr(record, name, value)
     return records
+
+
+def size_of(record: ShardRecord) -> int:
+    return _size({name: getattr(record, name) for name in (*_PARTS, "pending")})
+
+
+def pending_pieces(rows: PendingRows, done: np.ndarray) -> list[Piece]:
+    """Pending events (and the keys of those decided) as pieces for `fill`, each at most `MAX_RECORD_BYTES`."""
+    pieces: list[Piece] = [{"done": done[at : at + MAX_RECORD_BYTES // 8].tobytes()}
+                           for at in range(0, done.shape[0], MAX_RECORD_BYTES // 8)]  # fmt: skip
+    fixed = 8 * (3 + rows.values.shape[1] + rows.hashes.shape[1])
+    sizes = np.cumsum([fixed + len(source[4] or b"") + len(source[3] or b"") for source in rows.sources])
+    at = 0
+    while at < sizes.shape[0]:
+        base = int(sizes[at - 1]) if at else 0
+        end = max(at + 1, int(np.searchsorted(sizes, base + MAX_RECORD_BYTES, side="right")))
+        group = rows.take(slice(at, end))
+        pieces.append({"pending": group.sources, "pending_rows": group.to_bytes()})
+        at = end
+    return pieces
+
+
+def _size(piece: Piece) -> int:
+    return sum(
+        len(value) if isinstance(value, bytes) else sum(len(s[0]) + len(s[3] or b"") + len(s[4] or b"") for s in value)
+        for value in piece.values()
+    )
+
+
+_PARTS = ("expired", "entities", "ids", "links", "pending_rows", "done")
+
+
+def _by_shard(shards: int, keys: np.ndarray, *columns: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """`keys` and its `columns`, sorted by the keys' shards; and those shards."""
+    key_shards = shard_of_keys(keys, shards)
+    order = np.argsort(key_shards, kind="stable")
+    return [keys[order], *(column[order] for column in columns)], key_shards[order]
+
+
+def _runs(ends: np.ndarray, limit: int) -> list[tuple[int, int]]:
+    """Consecutive entities `[i, j)` whose words (`ends`: where each ends) take at most `limit` (or one entity)."""
+    runs, i = [], 0
+    while i < ends.shape[0]:
+        base = int(ends[i - 1]) if i else 0
+        j = max(i + 1, int(np.searchsorted(ends, base + limit, side="right")))
+        runs.append((i, j))
+        i = j
+    return runs
 
 
 def apply_record(state: ColumnarState, record: ShardRecord, shards: int) -> None:

@@ -130,8 +130,8 @@ class BatchCore:
 
     # --- durability: the state of a shard as records ---------------------------------
 
-    def take_changes(self) -> dict[int, bytes]:
-        """Per shard, the record of what the batches since the last call changed: what the changelog carries."""
+    def take_changes(self) -> dict[int, list[bytes]]:
+        """Per shard, the records of what the batches since the last call changed: what the changelog carries."""
         shards = self._names.shards
         empty = np.empty(0, np.uint64)
         records = changes.take_changes(
@@ -140,17 +140,17 @@ class BatchCore:
         )  # fmt: skip
         self._expired, self._ids, self._links = [], [], []
         for shard, (rows, done) in self.pending.take_changes(shards).items():
-            record = records.setdefault(shard, ShardRecord(self.fingerprint, shard, False, self.state.newest_ts))
-            record.pending, record.pending_rows, record.done = rows.sources, rows.to_bytes(), done.tobytes()
-        return {shard: changes.encode(record) for shard, record in records.items()}
+            held = records.get(shard) or [ShardRecord(self.fingerprint, shard, False, self.state.newest_ts)]
+            records[shard] = held[:-1] + changes.fill(held[-1], changes.pending_pieces(rows, done))
+        return {shard: [changes.encode(record) for record in held] for shard, held in records.items()}
 
-    def snapshots(self) -> dict[int, bytes]:
-        """Per shard held, everything held of it, as one record that replaces what a restore had of it."""
+    def snapshots(self) -> dict[int, list[bytes]]:
+        """Per shard held, everything held of it: records whose first says it replaces what a restore had of it."""
         records = changes.snapshots(self.state, self.fingerprint, self._names.shards)
-        for shard, record in records.items():
+        for shard, held in records.items():
             rows = self.pending.of_shard(shard, self._names.shards)
-            record.pending, record.pending_rows = rows.sources, rows.to_bytes()
-        return {shard: changes.encode(record) for shard, record in records.items()}
+            records[shard] = held[:-1] + changes.fill(held[-1], changes.pending_pieces(rows, np.empty(0, np.uint64)))
+        return {shard: [changes.encode(record) for record in held] for shard, held in records.items()}
 
     def restore(self, record: bytes) -> None:
         """Apply a record of `take_changes` or `snapshot` (`LayoutMismatch` if made under another layout)."""

@@ -152,12 +152,12 @@ class Cluster:
         self.outputs += output.outs
         for shard, box in output.remote.items():
             self._shards[shard].append(worker.core.encode(box))
-        for shard, change in worker.core.take_changes().items():
-            self.changelog[shard].append((False, change))
+        for shard, written in worker.core.take_changes().items():
+            self.changelog[shard] += [(False, record) for record in written]
         worker.batches += 1
         if worker.batches % self._snapshot_every == 0:
-            for shard, snapshot in worker.core.snapshots().items():
-                self.changelog[shard].append((True, snapshot))
+            for shard, written in worker.core.snapshots().items():
+                self.changelog[shard] += [(i == 0, record) for i, record in enumerate(written)]
         worker.committed = read
         return True
 

@@ -271,8 +271,9 @@ def test_a_replica_fed_each_batchs_change_records_holds_the_same_state():
                 [primary.expire() for _ in range(rng.choice([0, 1, 3]))] or [np.empty(0, np.uint64)]
             )
             expired_in_all += expired.size
-            for record in take_changes(primary, fingerprint, expired, nothing, nothing, shards=6).values():
-                apply_record(replica, decode(encode(record), fingerprint), shards=6)
+            for records in take_changes(primary, fingerprint, expired, nothing, nothing, shards=6).values():
+                for record in records:
+                    apply_record(replica, decode(encode(record), fingerprint), shards=6)
             assert replica.entity_counts() == primary.entity_counts()
     assert expired_in_all > 50
     probe = sorted(_stream(300, seed=14, disorder_ms=240_000), key=lambda e: e.ts)
@@ -287,14 +288,14 @@ def test_a_record_of_another_layout_is_refused():
     _count(other, other.layout, _stream(20, seed=15, disorder_ms=1000))
     nothing = np.empty(0, np.uint64)
     theirs = layout_fingerprint(other.layout, HASHES)
-    (record, *_) = take_changes(other, theirs, nothing, nothing, nothing, shards=1).values()
+    ((record,),) = take_changes(other, theirs, nothing, nothing, nothing, shards=1).values()
     with pytest.raises(LayoutMismatch, match="another layout"):
         decode(encode(record), layout_fingerprint(state.layout, HASHES))
     ours = layout_fingerprint(state.layout, HASHES)
     assert ours != layout_fingerprint(state.layout, ColumnHashes(b"another-hash-key-0123"))
     same_layout = ColumnarState(state.layout, 3_600_000)
     _count(same_layout, same_layout.layout, _stream(20, seed=15, disorder_ms=1000))
-    (record, *_) = take_changes(same_layout, ours, nothing, nothing, nothing, shards=1).values()
+    ((record,),) = take_changes(same_layout, ours, nothing, nothing, nothing, shards=1).values()
     apply_record(state, decode(encode(record), ours), shards=1)
     assert state.entity_counts() == same_layout.entity_counts()
 

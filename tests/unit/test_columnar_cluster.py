@@ -8,6 +8,7 @@ import msgspec
 import numpy as np
 import pytest
 
+from streamguard.columnar import changes
 from streamguard.columnar.changes import LayoutMismatch
 from streamguard.columnar.core import BatchCore
 from streamguard.columnar.driver import Cluster
@@ -148,6 +149,18 @@ def test_workers_that_crash_mid_batch_come_back_from_snapshots_and_changes_and_d
     }
     assert sum(is_snapshot for log in cluster.changelog.values() for is_snapshot, _ in log) > 3 * NAMES.shards
     assert cluster.pending() == 0
+
+
+def test_records_split_to_fit_a_message_restore_the_same_state(monkeypatch):
+    _, expected, expected_features, _ = _play(3, 600, drain_each=True)
+    whole = sum(len(log) for log in _play_with_crashes(600, crash_every=37)[0].changelog.values())
+    monkeypatch.setattr(changes, "MAX_RECORD_BYTES", 2_000)
+    cluster, verdicts, features = _play_with_crashes(600, crash_every=37)
+    assert sum(len(log) for log in cluster.changelog.values()) > 2 * whole
+    assert all(len(v) == 1 for v in verdicts.values()) and set(verdicts) == set(expected)
+    assert {k: v[0]["features"] for k, v in features.items()} == {
+        k: v["features"] for k, v in expected_features.items()
+    }
 
 
 def test_in_batches_crashes_lose_no_event_and_decide_none_twice():
