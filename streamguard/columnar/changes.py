@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from streamguard.codec import MAX_RECORD_BYTES
 from streamguard.columnar.hashing import DELETED, LAYOUT_VERSION, ColumnHashes
 from streamguard.columnar.layout import Layout
 from streamguard.columnar.pack import shard_of_keys
@@ -41,9 +42,6 @@ from streamguard.errors import StreamguardError
 from streamguard.kernels.window import HLL_REGISTERS
 
 Source = tuple[str, int, int, bytes | None, bytes | None]  # an input record: topic, partition, offset, key, value
-
-
-MAX_RECORD_BYTES = 900_000  # a record's arrays: under Kafka's default max.message.bytes (1 MiB), with room
 
 
 class LayoutMismatch(StreamguardError):
@@ -173,16 +171,17 @@ class _Parts:
         first, last = np.searchsorted(self.entity_shards, [shard, shard + 1])
         ends = self.ends[first:last]
         start = int(self.ends[first - 1]) if first else 0
-        pieces: list[dict[str, bytes]] = []
-        for i, j in _runs(ends - start, MAX_RECORD_BYTES // 8):
-            pieces.append({"entities": self.words[int(ends[i - 1]) if i else start : int(ends[j - 1])].tobytes()})
-        for name, (columns, shards) in {"expired": (self.expired, self.expired_shards),
-                                        "ids": (self.ids, self.id_shards),
-                                        "links": (self.links, self.link_shards)}.items():  # fmt: skip
-            a, b = np.searchsorted(shards, [shard, shard + 1])
+        pieces: list[Piece] = []
+        # Expired keys first: a restore forgets them before it loads what changed (a key may come back).
+        for name, columns, key_shards in (("expired", self.expired, self.expired_shards),
+                                          ("ids", self.ids, self.id_shards),
+                                          ("links", self.links, self.link_shards)):  # fmt: skip
+            a, b = np.searchsorted(key_shards, [shard, shard + 1])
             per_piece = max(1, MAX_RECORD_BYTES // (8 * len(columns)))
             for at in range(a, b, per_piece):
                 pieces.append({name: b"".join(column[at : min(b, at + per_piece)].tobytes() for column in columns)})
+        for i, j in _runs(ends - start, MAX_RECORD_BYTES // 8):
+            pieces.append({"entities": self.words[int(ends[i - 1]) if i else start : int(ends[j - 1])].tobytes()})
         return fill(ShardRecord(fingerprint, shard, snapshot, newest_ts), pieces)
 
 
@@ -193,12 +192,14 @@ def fill(first: ShardRecord, pieces: list[Piece]) -> list[ShardRecord]:
     """`first`, then as many records as it takes to hold `pieces` (fields to set), in order.
 
     A record stays within `MAX_RECORD_BYTES` (unless one piece is bigger);
-    a piece is never split, nor two of one field put in one record.
+    a piece is never split, nor two of one field put in one record (so a
+    record may hold less than it could).
     """
     records = [first]
     for piece in pieces:
         record = records[-1]
-        if size_of(record) + _size(piece) > MAX_RECORD_BYTES or any(getattr(record, name) for name in piece):
+        held = size_of(record)
+        if held and (held + _size(piece) > MAX_RECORD_BYTES or any(getattr(record, name) for name in piece)):
             record = msgspec.structs.replace(first, snapshot=False, pending=[], **{name: b"" for name in _PARTS})
             records.append(record)
         for name, value in piece.items():
@@ -215,7 +216,7 @@ def pending_pieces(rows: PendingRows, done: np.ndarray) -> list[Piece]:
     pieces: list[Piece] = [{"done": done[at : at + MAX_RECORD_BYTES // 8].tobytes()}
                            for at in range(0, done.shape[0], MAX_RECORD_BYTES // 8)]  # fmt: skip
     fixed = 8 * (3 + rows.values.shape[1] + rows.hashes.shape[1])
-    sizes = np.cumsum([fixed + len(source[4] or b"") + len(source[3] or b"") for source in rows.sources])
+    sizes = np.cumsum([fixed + _source_size(source) for source in rows.sources])
     at = 0
     while at < sizes.shape[0]:
         base = int(sizes[at - 1]) if at else 0
@@ -227,10 +228,13 @@ def pending_pieces(rows: PendingRows, done: np.ndarray) -> list[Piece]:
 
 
 def _size(piece: Piece) -> int:
-    return sum(
-        len(value) if isinstance(value, bytes) else sum(len(s[0]) + len(s[3] or b"") + len(s[4] or b"") for s in value)
-        for value in piece.values()
-    )
+    return sum(len(value) if isinstance(value, bytes) else sum(map(_source_size, value)) for value in piece.values())
+
+
+def _source_size(source: Source) -> int:
+    """What an input record takes in a record, encoded (msgpack's headers, partition and offset included)."""
+    topic, _, _, key, value = source
+    return len(topic) + len(key or b"") + len(value or b"") + 32
 
 
 _PARTS = ("expired", "entities", "ids", "links", "pending_rows", "done")

@@ -168,7 +168,7 @@ class BatchCore:
         events = [decode_event(s.value, self._type_of[s.topic], RESTORE_NOW_MS) for s in sources]
         self.pending.park(events, sources, rows.etype, rows.values, rows.hashes, rows.asked, rows.answered)
 
-    def encode(self, outbox: Outbox) -> bytes:
+    def encode(self, outbox: Outbox) -> list[bytes]:
         """The shards-topic record of what a batch sends one shard."""
         return exchange.encode(outbox, self.fingerprint, *self._widths)
 

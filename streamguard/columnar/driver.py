@@ -151,7 +151,7 @@ class Cluster:
             return True
         self.outputs += output.outs
         for shard, box in output.remote.items():
-            self._shards[shard].append(worker.core.encode(box))
+            self._shards[shard] += worker.core.encode(box)
         for shard, written in worker.core.take_changes().items():
             self.changelog[shard] += [(False, record) for record in written]
         worker.batches += 1

@@ -1,4 +1,4 @@
-"""Work between the workers that hold different shards, as columns: one record per shard a batch sends to.
+"""Work between the workers that hold different shards, as columns: a record per shard a batch sends to.
 
 An event is decided on its own shard (the shard of its id's hash), and its
 entities are counted on theirs. Three kinds of work travel, each as columns:
@@ -14,8 +14,10 @@ entities are counted on theirs. Three kinds of work travel, each as columns:
   were answered, which were passed on to a further shard (a fingerprint the
   device's shard resolved), and that fingerprint.
 
-A record starts with the layout's fingerprint: a record from a worker of
-another layout (features, hash key, packing) is refused, never mixed in.
+A record is at most `MAX_RECORD_BYTES` (a Kafka message): a bigger batch's
+work for one shard is split in halves until it fits. It carries the layout's
+fingerprint: a record from a worker of another layout (features, hash key,
+packing) is refused, never mixed in.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 import msgspec
 import numpy as np
 
+from streamguard.codec import MAX_RECORD_BYTES
 from streamguard.columnar.changes import LayoutMismatch
 from streamguard.pipeline.records import Incoming
 
@@ -42,6 +45,9 @@ class Rows:
 
     def __len__(self) -> int:
         return int(self.ts.shape[0])
+
+    def take(self, rows: np.ndarray) -> Rows:
+        return Rows(*(getattr(self, name)[rows] for name in _ROW_FIELDS))
 
     @staticmethod
     def concat(parts: list[Rows], numbers: int, hashes: int) -> Rows:
@@ -117,7 +123,23 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(_Wire)
 
 
-def encode(outbox: Outbox, layout: int, numbers: int, hashes: int, features: int) -> bytes:
+def encode(outbox: Outbox, layout: int, numbers: int, hashes: int, features: int) -> list[bytes]:
+    """The records of `outbox`: one, or halves of it until each is at most `MAX_RECORD_BYTES` (or holds one row)."""
+    data = _encode_one(outbox, layout, numbers, hashes, features)
+    if len(data) <= MAX_RECORD_BYTES:
+        return [data]
+    rows = Rows.concat(outbox.apply, numbers, hashes)
+    answers = Answers.concat(outbox.answers, features)
+    size = len(outbox.forward) + len(rows) + len(answers)
+    if size <= 1:
+        return [data]
+    half = [np.arange(len(rows)) < len(rows) // 2, np.arange(len(answers)) < len(answers) // 2]
+    first = Outbox(outbox.forward[: len(outbox.forward) // 2], [rows.take(half[0])], [answers.take(half[1])])
+    second = Outbox(outbox.forward[len(outbox.forward) // 2 :], [rows.take(~half[0])], [answers.take(~half[1])])
+    return [*encode(first, layout, numbers, hashes, features), *encode(second, layout, numbers, hashes, features)]
+
+
+def _encode_one(outbox: Outbox, layout: int, numbers: int, hashes: int, features: int) -> bytes:
     rows = Rows.concat(outbox.apply, numbers, hashes)
     answers = Answers.concat(outbox.answers, features)
     wire = _Wire(

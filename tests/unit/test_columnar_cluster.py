@@ -8,7 +8,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from streamguard.columnar import changes
+from streamguard.columnar import changes, exchange
 from streamguard.columnar.changes import LayoutMismatch
 from streamguard.columnar.core import BatchCore
 from streamguard.columnar.driver import Cluster
@@ -93,7 +93,7 @@ def test_a_shards_record_of_another_layout_is_refused():
     numbers, hashes = len(other.layout.number_columns), len(other.layout.hash_columns) + 1
     one = np.zeros(1, np.int64)
     rows = Rows(one, one, one, one, np.zeros((1, numbers)), np.zeros((1, hashes), np.uint64))
-    record = other.encode(Outbox(apply=[rows]))
+    (record,) = other.encode(Outbox(apply=[rows]))
     with pytest.raises(LayoutMismatch, match="every worker must run the same features"):
         core.process([], T0, [record])
 
@@ -153,10 +153,12 @@ def test_workers_that_crash_mid_batch_come_back_from_snapshots_and_changes_and_d
 
 def test_records_split_to_fit_a_message_restore_the_same_state(monkeypatch):
     _, expected, expected_features, _ = _play(3, 600, drain_each=True)
-    whole = sum(len(log) for log in _play_with_crashes(600, crash_every=37)[0].changelog.values())
+    whole = _play_with_crashes(600, crash_every=37)[0]
     monkeypatch.setattr(changes, "MAX_RECORD_BYTES", 2_000)
+    monkeypatch.setattr(exchange, "MAX_RECORD_BYTES", 300)
     cluster, verdicts, features = _play_with_crashes(600, crash_every=37)
-    assert sum(len(log) for log in cluster.changelog.values()) > 2 * whole
+    assert sum(map(len, cluster.changelog.values())) > 2 * sum(map(len, whole.changelog.values()))
+    assert len(cluster.shards_topic()) > len(whole.shards_topic())
     assert all(len(v) == 1 for v in verdicts.values()) and set(verdicts) == set(expected)
     assert {k: v[0]["features"] for k, v in features.items()} == {
         k: v["features"] for k, v in expected_features.items()
