@@ -139,12 +139,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from streamguard.app import create_app  # imports faust: only for the worker
+    from streamguard.pipeline.service import RestartingWorker
 
     _apply_topics(settings, quiet=True)
     app, engine = create_app(settings)
-    import faust
-
-    worker = faust.Worker(app, engine, loglevel=settings.log_level, override_logging=False)
+    worker = RestartingWorker(app, engine, loglevel=settings.log_level, override_logging=False)
     worker.execute_from_commandline()
     return 0
 

@@ -13,7 +13,8 @@ so the worker then replaces itself with a fresh copy of its own process
 (same PID, same arguments): the new one fences the old transactional id,
 which aborts the stuck transaction, and carries on from committed offsets.
 A fatal producer error (a transaction the broker timed out while it was
-away) is recovered from the same way.
+away) is recovered from the same way. So is a broker that goes away while
+the worker starts (`RestartingWorker`): Faust's own client gives up at once.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import sys
 import threading
 import time
 
+import faust
+from aiokafka.errors import KafkaConnectionError
 from confluent_kafka import KafkaException
 from mode import Service
 
@@ -37,6 +40,7 @@ STUCK_AFTER_S = 60.0  # twice the engine's own timeout for any transactional cal
 STALL_WARNING_MS = 100.0
 WATCH_EVERY_S = 0.1  # how often the watchdog looks (and how finely it times the event loop's stalls)
 CONTROL_WAIT_S = 30.0  # how long the engine waits for the control topics before deciding anyway
+START_AGAIN_AFTER_S = 1.0  # after the broker went away while the worker was starting
 
 
 class EngineService(Service):
@@ -97,6 +101,24 @@ class EngineService(Service):
         self._stop.set()
         for thread in self._threads:
             await asyncio.get_running_loop().run_in_executor(None, thread.join)
+
+
+class RestartingWorker(faust.Worker):
+    """Faust's worker, started again in place when the broker went away while it was starting.
+
+    Faust's client (aiokafka) gives up at the first refused connection. The
+    broker answered a moment before (the worker read the cluster's identity
+    from it), so it is restarting: the fresh process waits for it while it
+    reads the identity again, and fails with a clear error if it stays away.
+    """
+
+    async def start(self) -> None:
+        try:
+            await super().start()
+        except KafkaConnectionError as exc:
+            log.warning("the broker went away while this worker was starting (%s): starting again", exc)
+            await asyncio.sleep(START_AGAIN_AFTER_S)
+            restart_in_place()
 
 
 def restart_in_place() -> None:
