@@ -140,7 +140,9 @@ def _parser() -> argparse.ArgumentParser:
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from streamguard.app import create_app  # imports faust: only for the worker
     from streamguard.pipeline.service import RestartingWorker
+    from streamguard.topics.admin import wait_for_broker
 
+    wait_for_broker(settings)
     _apply_topics(settings, quiet=True)
     app, engine = create_app(settings)
     worker = RestartingWorker(app, engine, loglevel=settings.log_level, override_logging=False)

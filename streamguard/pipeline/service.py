@@ -108,8 +108,9 @@ class RestartingWorker(faust.Worker):
 
     Faust's client (aiokafka) gives up at the first refused connection. The
     broker answered a moment before (the worker read the cluster's identity
-    from it), so it is restarting: the fresh process waits for it while it
-    reads the identity again, and fails with a clear error if it stays away.
+    from it), so it is restarting: the fresh process waits for it
+    (`topics.admin.wait_for_broker`), and fails with a clear error if it
+    stays away.
     """
 
     async def start(self) -> None:

@@ -7,6 +7,7 @@ change on a live topic is an operator's decision.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 
@@ -19,10 +20,34 @@ from streamguard.settings import Settings
 from streamguard.topics.spec import TopicSpec
 
 TIMEOUT_S = 30.0
+BROKER_WAIT_S = 60.0  # how long a starting worker waits for a broker that does not answer (it may be restarting)
+
+log = logging.getLogger(__name__)
 
 
 def admin_client(settings: Settings) -> AdminClient:
     return AdminClient(kafka_config.admin(settings))
+
+
+def wait_for_broker(settings: Settings) -> None:
+    """Until the cluster answers a metadata request; `BrokerError` after `BROKER_WAIT_S`.
+
+    librdkafka answers at once with a transport failure while no broker
+    listens: a worker restarted in place while its broker restarts waits.
+    """
+    client = admin_client(settings)
+    deadline = time.monotonic() + BROKER_WAIT_S
+    while True:
+        try:
+            client.list_topics(timeout=5)
+            return
+        except KafkaException as exc:
+            if time.monotonic() > deadline:
+                raise BrokerError(
+                    f"no broker answered at {settings.bootstrap} within {BROKER_WAIT_S:.0f} s: {exc.args[0]}"
+                ) from exc
+            log.warning("waiting for a broker at %s: %s", settings.bootstrap, exc.args[0])
+            time.sleep(1.0)
 
 
 def create_missing(admin: AdminClient, specs: Iterable[TopicSpec]) -> list[str]:

@@ -34,3 +34,13 @@ def test_any_other_error_while_starting_is_not_hidden(monkeypatch: pytest.Monkey
     worker = object.__new__(service.RestartingWorker)
     with pytest.raises(ValueError, match="a defect"):
         asyncio.run(service.RestartingWorker.start(worker))
+
+
+def test_a_worker_waits_for_a_broker_a_while_then_says_none_answered(monkeypatch: pytest.MonkeyPatch):
+    from streamguard.errors import BrokerError
+    from streamguard.settings import Settings
+    from streamguard.topics import admin
+
+    monkeypatch.setattr(admin, "BROKER_WAIT_S", 1.0)
+    with pytest.raises(BrokerError, match=r"no broker answered at 127\.0\.0\.1:1 within 1 s"):
+        admin.wait_for_broker(Settings(bootstrap="127.0.0.1:1"))
