@@ -74,7 +74,6 @@ class Cluster:
             self.workers.append(
                 _Worker(self._core_for(mine), inputs[w::workers], mine, self._aligner(inputs[w::workers]))
             )
-        self._owner = {p: w for w, worker in enumerate(self.workers) for p in worker.inputs}
 
     def crash(self, w: int, in_flight: bool = False) -> bool:
         """Worker `w` loses its memory (after one more batch that never commits, if `in_flight`) and comes back.
