@@ -11,11 +11,16 @@ from typing import Any
 
 import faust
 
-from streamguard.features.spec import load_features
+from streamguard.columnar.core import BatchCore
+from streamguard.columnar.hashing import ColumnHashes
+from streamguard.features.spec import FeatureSpec, load_features
 from streamguard.features.table import EntityFeatures
 from streamguard.kernels import checks, window
+from streamguard.pipeline.columnar_engine import ColumnarEngine
 from streamguard.pipeline.control import ControlReader
 from streamguard.pipeline.engine import Engine
+from streamguard.pipeline.item_engine import ItemEngine
+from streamguard.pipeline.restore import state_lifetimes
 from streamguard.pipeline.service import EngineService
 from streamguard.privacy import Pseudonymizer
 from streamguard.rules.program import Program
@@ -24,6 +29,7 @@ from streamguard.settings import Settings
 from streamguard.state.layout import adopt_state_dir
 from streamguard.state.lock import lock_data_dir
 from streamguard.topics.identity import app_topics, join_cluster
+from streamguard.topics.names import TopicNames
 from streamguard.verdicts import Detector
 
 
@@ -55,10 +61,7 @@ def create_app(settings: Settings) -> tuple[faust.App, EngineService]:
     specs = load_features(settings.allowed_lateness_ms)
     window.warm_up()  # compile (or load) the kernels now, not at the first event
     checks.warm_up()
-    pseudonymizer = Pseudonymizer(key)
-    detector = Detector(Program(load_ruleset(specs), specs), pseudonymizer)
-    features = EntityFeatures(specs, settings.allowed_lateness_ms)
-    engine = Engine(settings, names, pseudonymizer, features, detector, worker_id(data_dir))
+    engine, detector = _engine(settings, names, specs, key, worker_id(data_dir))
     control = ControlReader(settings, names, detector, specs, worker_id(data_dir))
     app = faust.App(
         f"{settings.app_id}-worker",
@@ -82,3 +85,24 @@ def create_app(settings: Settings) -> tuple[faust.App, EngineService]:
         return web.json(control.status())
 
     return app, service
+
+
+def _engine(
+    settings: Settings, names: TopicNames, specs: list[FeatureSpec], key: bytes, worker: str
+) -> tuple[Engine, Detector]:
+    """The engine `settings.engine` names, and the detector whose ruleset and lists the control topics replace."""
+    features = EntityFeatures(specs, settings.allowed_lateness_ms)
+    lifetimes = state_lifetimes(features, settings.dedup_retention_s * 1000)
+    if settings.engine == "columnar":
+        hashes = ColumnHashes(key)
+        detector = Detector(Program(load_ruleset(specs), specs), hashes)
+        features_topic = settings.topic(settings.features_topic) if settings.features_topic else None
+
+        def make_core() -> BatchCore:
+            return BatchCore(names, specs, detector, hashes, settings.allowed_lateness_ms,
+                             settings.dedup_retention_s * 1000, features_topic)  # fmt: skip
+
+        return ColumnarEngine(settings, names, make_core, lifetimes, worker), detector
+    pseudonymizer = Pseudonymizer(key)
+    detector = Detector(Program(load_ruleset(specs), specs), pseudonymizer)
+    return ItemEngine(settings, names, pseudonymizer, features, detector, worker), detector

@@ -18,6 +18,7 @@ from streamguard.errors import ConfigError
 ENV_PREFIX: Final = "STREAMGUARD_"
 DEFAULT_SHARDS: Final = 24  # see the README, "Shards": what more of them cost per transaction, measured
 MAX_SHARDS: Final = 512
+ENGINES: Final = ("item", "columnar")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -37,10 +38,13 @@ class Settings:
     partition_buffer: int = 50_000
     log_level: str = "WARNING"
     shards: int = DEFAULT_SHARDS
+    engine: str = "item"
 
     def __post_init__(self) -> None:
         if not 1 <= self.shards <= MAX_SHARDS:
             raise ConfigError(f"the shard count ({ENV_PREFIX}SHARDS) must be from 1 to {MAX_SHARDS}, not {self.shards}")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"{ENV_PREFIX}ENGINE must be one of {', '.join(ENGINES)}, not {self.engine!r}")
 
     def topic(self, name: str) -> str:
         """The full name of a contract topic, with the configured prefix."""
@@ -76,6 +80,10 @@ DOCS: Final[dict[str, str]] = {
     "shards": (
         "The shard count of a new app (the partitions of its shards and changelog topics, at most the useful "
         "workers); an existing app keeps the count its topics and `<app>.cluster` have (`streamguard reshard`)."
+    ),
+    "engine": (
+        "How a worker processes a batch: `item` (work items over RocksDB stores) or `columnar` (the batch core; "
+        "see the README). All workers of an app run the same one, on a changelog written by it."
     ),
 }
 

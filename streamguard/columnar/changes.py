@@ -130,16 +130,13 @@ def take_changes(
     return {shard: parts.records(fingerprint, shard, False, state.newest_ts) for shard in parts.shards()}
 
 
-def snapshots(state: ColumnarState, fingerprint: int, shards: int) -> dict[int, list[ShardRecord]]:
-    """All the state holds of each of its shards (`state.owned`): entities, event ids, links."""
+def snapshots(state: ColumnarState, fingerprint: int, shards: int, which: list[int]) -> dict[int, list[ShardRecord]]:
+    """All the state holds of each shard of `which`: entities, event ids, links."""
     e = state.entities
     used = np.arange(int(e.counters[IDS_USED]))
     memos = tuple(_entries(memo, memo.keys[memo.keys > DELETED]) for memo in (state.ids, state.links))
     parts = _Parts(state, used[e.key[used] > DELETED], np.empty(0, np.uint64), memos, shards)
-    return {
-        shard: parts.records(fingerprint, shard, True, state.newest_ts)
-        for shard in np.flatnonzero(state.owned).tolist()
-    }
+    return {shard: parts.records(fingerprint, shard, True, state.newest_ts) for shard in which}
 
 
 class _Parts:

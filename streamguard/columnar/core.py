@@ -122,11 +122,20 @@ class BatchCore:
         owned = np.zeros(self._names.shards, np.bool_)
         owned[list(shards)] = True
         self.state.owned = owned
-        forget_shards(self.state, ~owned)
-        keys = self.pending.keys()
-        self.pending.forget(keys[~owned[shard_of_keys(keys, self._names.shards)]])
+        self._forget(~owned)
         self.pending.forget_done(owned)
         self._expired = [gone[owned[shard_of_keys(gone, self._names.shards)]] for gone in self._expired]
+
+    def forget(self, shard: int) -> None:
+        """Forget what is held of `shard` (its entities, memos, pending events), and go on holding it."""
+        gone = np.zeros(self._names.shards, np.bool_)
+        gone[shard] = True
+        self._forget(gone)
+
+    def _forget(self, gone: np.ndarray) -> None:
+        forget_shards(self.state, gone)
+        keys = self.pending.keys()
+        self.pending.forget(keys[gone[shard_of_keys(keys, self._names.shards)]])
 
     # --- durability: the state of a shard as records ---------------------------------
 
@@ -144,9 +153,11 @@ class BatchCore:
             records[shard] = held[:-1] + changes.fill(held[-1], changes.pending_pieces(rows, done))
         return {shard: [changes.encode(record) for record in held] for shard, held in records.items()}
 
-    def snapshots(self) -> dict[int, list[bytes]]:
-        """Per shard held, everything held of it: records whose first says it replaces what a restore had of it."""
-        records = changes.snapshots(self.state, self.fingerprint, self._names.shards)
+    def snapshots(self, which: Iterable[int] | None = None) -> dict[int, list[bytes]]:
+        """Per shard held (of `which`, if given), everything held of it: records whose first replaces the shard."""
+        held_now = np.flatnonzero(self.state.owned).tolist()
+        wanted = held_now if which is None else sorted(set(which) & set(held_now))
+        records = changes.snapshots(self.state, self.fingerprint, self._names.shards, wanted)
         for shard, held in records.items():
             rows = self.pending.of_shard(shard, self._names.shards)
             records[shard] = held[:-1] + changes.fill(held[-1], changes.pending_pieces(rows, np.empty(0, np.uint64)))

@@ -18,13 +18,22 @@ from streamguard.state.store import Changes, encode_changes
 log = logging.getLogger(__name__)
 
 
-def send(producer: Producer, outs: list[Outgoing], changelog: str, changes: dict[int, Changes]) -> ChangelogDeliveries:
-    """Produce `outs` and each shard's `changes`; what to wait on for the changelog offset they land at."""
+def send(
+    producer: Producer,
+    outs: list[Outgoing],
+    changelog: str,
+    changes: dict[int, Changes],
+    records: dict[int, list[bytes]],
+) -> ChangelogDeliveries:
+    """Produce `outs`, each shard's store `changes` and changelog `records`; what to wait on for their offsets."""
     for out in outs:
         _produce(producer, out.topic, out.value, out.key, out.partition, out.headers, _log_undelivered)
     deliveries = ChangelogDeliveries()
     for shard, shard_changes in changes.items():
         for record in encode_changes(shard_changes, MAX_RECORD_BYTES):
+            _produce(producer, changelog, record, None, shard, None, deliveries.expect(shard))
+    for shard, written in records.items():
+        for record in written:
             _produce(producer, changelog, record, None, shard, None, deliveries.expect(shard))
     return deliveries
 
@@ -49,15 +58,15 @@ class ChangelogDeliveries:
 
         return on_delivery
 
-    def wait(self, producer: Producer, timeout_s: float) -> dict[int, int]:
-        """Wait for every record of the transaction; the last changelog offset of each shard.
+    def wait(self, producer: Producer, timeout_s: float) -> dict[int, list[int]]:
+        """Wait for every record of the transaction; the changelog offsets of each shard's, in order.
 
         Waiting here, not in the commit, means a broker that went away shows as
         undelivered records (and an abort) instead of a commit that blocks.
         """
         if producer.flush(timeout_s) or sum(map(len, self._offsets.values())) != self._expected:
             raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "records of the transaction were not delivered"))
-        return {shard: max(offsets) for shard, offsets in self._offsets.items()}
+        return {shard: sorted(offsets) for shard, offsets in self._offsets.items()}
 
 
 def _produce(

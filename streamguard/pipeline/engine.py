@@ -8,6 +8,11 @@ commit. This is what gives exactly one verdict per event through SIGKILL,
 restarts and rebalances. The engine polls, processes, follows rebalances and
 keeps the state; `transaction.Transactions` hands what it processed over to
 the next transaction, commits it on a thread of its own, and aborts.
+
+`Engine` is the loop and what every engine shares (polling, the event-time
+merge, rebalances, peers' progress, offsets); what a batch does to state is
+its subclass's: `ItemEngine` (`item_engine`) works item by item over RocksDB
+stores, `ColumnarEngine` (`columnar_engine`) runs the batch core.
 """
 
 from __future__ import annotations
@@ -16,29 +21,19 @@ import gc
 import logging
 import threading
 import time
-from collections import defaultdict
-from pathlib import Path
+from collections.abc import Mapping
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
-from rocksdict import Cache
 
 from streamguard import kafka_config
-from streamguard.codec import MergeItem, ProgressItem, RecordItem, ShardItem, decode_shard
-from streamguard.events import ErrorCode
-from streamguard.features.table import EntityFeatures
 from streamguard.pipeline.align import Aligner
-from streamguard.pipeline.ingest import Ingest, error_code
-from streamguard.pipeline.records import Incoming, first_offsets
-from streamguard.pipeline.restore import restore_shards, state_lifetimes
-from streamguard.pipeline.shard import Result, ShardWork, target_shard
+from streamguard.pipeline.ingest import error_code
+from streamguard.pipeline.records import Incoming, Outgoing, first_offsets
 from streamguard.pipeline.stats import EngineStats
 from streamguard.pipeline.transaction import Processed, Transactions
-from streamguard.privacy import Pseudonymizer
 from streamguard.settings import Settings
-from streamguard.state.dedup import RecentIds
-from streamguard.state.store import PartitionStore, StoreOptions
+from streamguard.state.store import PartitionStore
 from streamguard.topics.names import TopicNames
-from streamguard.verdicts import Detector
 
 log = logging.getLogger(__name__)
 
@@ -55,43 +50,39 @@ BUSY_POLL_S = 0.001  # ... when the merge holds records, or processed work waits
 
 
 class Engine:
-    """Runs the stages over Kafka on one thread; `run` returns when `stop` is set."""
+    """Runs the stages over Kafka on one thread; `run` returns when `stop` is set.
+
+    A subclass keeps the shards' state: it processes a batch (`_process`),
+    takes shards up and gives them up in a rebalance (`_take_up_shards`,
+    `_give_up_shards`), forgets what an aborted transaction did
+    (`_forget_uncommitted`), and tells the shards it does not hold how far
+    it has read when `_tell_progress` says so. `stores` are the RocksDB stores the transactions
+    take each batch's changes from and write them to once committed (none
+    for a state that carries its changes as records of its own).
+    """
 
     def __init__(
-        self,
-        settings: Settings,
-        names: TopicNames,
-        pseudonymizer: Pseudonymizer,
-        features: EntityFeatures,
-        detector: Detector,
-        worker_id: str,
+        self, settings: Settings, names: TopicNames, worker_id: str, stores: Mapping[int, PartitionStore]
     ) -> None:
         self._settings = settings
         self._names = names
         self._worker_id = worker_id
-        self._state_dir = Path(settings.data_dir) / "state"
-        self._cache = Cache(StoreOptions().block_cache_bytes)
-        self._stores: dict[int, PartitionStore] = {}
-        self._recent: dict[int, RecentIds] = {}
-        self._ingest = Ingest(names, pseudonymizer)
         self._aligner = Aligner(
             set(names.inputs.values()), self._lagging, ALIGN_IDLE_MS, BURST_HOLD_MS, end_known=self._end_known
         )
         self._consumer: Consumer | None = None
         self._start_offsets: dict[tuple[str, int], int] = {}  # where each input partition was taken up
         self._paused: set[tuple[str, int]] = set()
+        self._owned: set[int] = set()  # the shards this worker holds
+        self._shard_metadata: dict[int, str] = {}  # what the commit of each shard's offset said when taken up
         self._peers: dict[str, tuple[int, float]] = {}  # worker -> (event time it has read to, when heard)
         self._told: tuple[int, float] = (-1, 0.0)  # the progress this worker last told its peers, and when
-        features_topic = settings.topic(settings.features_topic) if settings.features_topic else None
-        self._work = ShardWork(
-            names, features, detector, pseudonymizer, self._stores.__getitem__, self._recent.__getitem__, features_topic
-        )
         self.stats = EngineStats()
         self._transactions = Transactions(
             kafka_config.engine_producer(settings, worker_id),
             names,
             settings.batch_max_events,
-            self._stores,
+            stores,
             self.stats,
             committed=self._count,
             rolled_back=self._read_again,
@@ -102,6 +93,24 @@ class Engine:
     def transaction_started(self) -> float | None:
         """When the transaction now committing began (time.monotonic()); None between transactions."""
         return self._transactions.open_since
+
+    # --- what a subclass does with the state ------------------------------------------
+
+    def _process(self, batch: list[Incoming], now_ms: int) -> None:
+        """Add what `batch` produces to `self._transactions.pending` (see `_add`)."""
+        raise NotImplementedError
+
+    def _take_up_shards(self, shards: list[int]) -> None:
+        """Hold `shards` from now on: restore their state."""
+        raise NotImplementedError
+
+    def _give_up_shards(self, shards: list[int]) -> None:
+        """Hold `shards` no more: what this worker processed of them is committed."""
+        raise NotImplementedError
+
+    def _forget_uncommitted(self) -> None:
+        """An abort: the state goes back to what was committed."""
+        raise NotImplementedError
 
     # --- the loop ----------------------------------------------------------------
 
@@ -144,7 +153,7 @@ class Engine:
             finally:
                 transactions.close()
                 consumer.close()
-                self._close_stores(list(self._stores))
+                self._give_up_shards(sorted(self._owned))
                 log.info("engine stopped")
 
     def _release(self) -> list[Incoming]:
@@ -175,62 +184,20 @@ class Engine:
                 log.warning("consumer error: %s", err)
         return batch
 
-    def _process(self, batch: list[Incoming], now_ms: int) -> None:
-        """Add everything the batch produces to the pending transaction; its state changes stay pending in the stores.
-
-        Work for shards this worker owns is done in this same batch, and so
-        is the work it leads to (with one worker, an event is decided in the
-        batch that read it); work for other shards travels to their
-        owners as one shards-topic record per shard, with how far in event time
-        this worker has read its inputs (see `_peer_horizon`).
-        """
-        wave: list[tuple[int, ShardItem]] = []
-        inputs: list[Incoming] = []
-        for record in batch:
-            if record.topic == self._names.shard_topic and record.value is not None:
-                for item in decode_shard(record.value):
-                    if isinstance(item, ProgressItem):
-                        self._peers[item.sender] = (item.ts, time.monotonic())
-                    else:
-                        wave.append((record.partition, item))
-            else:
-                inputs.append(record)
-        outs, routed = self._ingest.process(inputs, now_ms)
-        ingest_errors = sum(1 for dead in outs if error_code(dead) == ErrorCode.PROCESSING_ERROR)
-        wave.extend((shard, item) for shard, items in routed.items() for item in items)
-        remote: dict[int, list[RecordItem]] = defaultdict(list)
-        touched: set[int] = set()
-        result = Result()
-        while wave:
-            # In event-time order, so that in a batch holding minutes of history (a replay, a
-            # backlog) each event still sees the events before it, as it would have live.
-            wave.sort(key=_event_time)
-            for shard, item in wave:
-                if shard not in self._stores:
-                    remote[shard].append(item)
-                    continue
-                touched.add(shard)
-                self._work.handle(shard, item, now_ms, result)
-            wave = [(target_shard(new, self._names.shards), new) for new in result.items]
-            result.items.clear()
-        outs += result.outs
-        self._tell_progress(remote)
-        outs += [out for shard, items in remote.items() for out in self._ingest.shard_records(shard, items)]
-        self._work.flush()
-        self._work.expire(touched)
+    def _add(
+        self, batch: list[Incoming], outs: list[Outgoing], touched: set[int], duplicates: int, processing_errors: int
+    ) -> None:
+        """What `batch` produced joins what the next transaction commits (`touched`: the stores it changed)."""
         processed = self._transactions.pending
         processed.records += batch
         processed.outs += outs
         processed.touched |= touched
-        processed.duplicates += result.duplicates
-        processed.processing_errors += result.processing_errors + ingest_errors
+        processed.duplicates += duplicates
+        processed.processing_errors += processing_errors
 
     def _read_again(self, consumer: Consumer, records: list[Incoming]) -> None:
         """After an abort: forget what `records` did, and read them (and what followed) again."""
-        self._work.clear()
-        for shard, store in self._stores.items():
-            store.discard_uncommitted()
-            self._recent[shard] = self._recent_ids(store)  # forget what the aborted batch taught it
+        self._forget_uncommitted()
         assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
         # What was polled after the batches (and not released) is read again too.
         for (topic, partition), offset in first_offsets([*records, *self._aligner.unreleased()]).items():
@@ -257,41 +224,35 @@ class Engine:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._drain_before_rebalance(consumer)
         self._aligner.assign([(tp.topic, tp.partition) for tp in partitions])
-        self._work.clear()  # a restore writes to the stores behind its back
         self._take_up(consumer, partitions)
         shards = [tp.partition for tp in partitions if tp.topic == self._names.shard_topic]
-        for shard in shards:
-            self._stores[shard] = PartitionStore(
-                self._state_dir / f"shard-{shard}", StoreOptions().to_options(self._cache)
-            )
-        self._restore(shards)
-        for shard in shards:
-            self._recent[shard] = self._recent_ids(self._stores[shard])
-        self.stats.shards = sorted(self._stores)
+        self._owned |= set(shards)
+        self._take_up_shards(shards)
+        self.stats.shards = sorted(self._owned)
         log.info("assigned %d partitions, shards %s", len(partitions), shards)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._drain_before_rebalance(consumer)
         self._aligner.revoke([(tp.topic, tp.partition) for tp in partitions])
-        self._work.clear()  # its caches are keyed by store: a closed store's id may be reused
         revoked = {(tp.topic, tp.partition) for tp in partitions}
         # librdkafka keeps an application's pause across a rebalance: a partition that came back
         # here paused, with its pause forgotten, would never be read again.
         if revoked & self._paused:
             consumer.resume([TopicPartition(t, p) for t, p in revoked & self._paused])
         self._paused -= revoked
-        for tp in partitions:
-            if tp.topic == self._names.shard_topic:
-                self._transactions.disown_shard(tp.partition)
-        self._close_stores([tp.partition for tp in partitions if tp.topic == self._names.shard_topic])
-        self.stats.shards = sorted(self._stores)
+        shards = [tp.partition for tp in partitions if tp.topic == self._names.shard_topic]
+        for shard in shards:
+            self._transactions.disown_shard(shard)
+        self._owned -= set(shards)
+        self._give_up_shards(shards)
+        self.stats.shards = sorted(self._owned)
 
     def _drain_before_rebalance(self, consumer: Consumer) -> None:
         """What was processed is committed (or aborted) before partitions and their stores change hands."""
         self._transactions.drain(consumer)
 
-    def _tell_progress(self, remote: dict[int, list[RecordItem]]) -> None:
-        """Tell every other shard's owner how far in event time this worker has read (`Aligner.read_to`).
+    def _tell_progress(self) -> int | None:
+        """How far in event time this worker has read (`Aligner.read_to`), if it is time to tell the other shards.
 
         Only when it changed, or a while after the last time while it holds
         peers back (they stop waiting for a worker they have not heard from,
@@ -303,10 +264,13 @@ class Engine:
         now = time.monotonic()
         unchanged = progress == self._told[0]
         if not progress or (unchanged and (progress == CAUGHT_UP or now - self._told[1] < PROGRESS_EVERY_S)):
-            return
+            return None
         self._told = (progress, now)
-        for shard in set(range(self._names.shards)) - set(self._stores):
-            remote[shard].append(ProgressItem(self._worker_id, progress))
+        return progress
+
+    def _heard(self, worker: str, progress: int) -> None:
+        """A peer told how far it has read (`_tell_progress`)."""
+        self._peers[worker] = (progress, time.monotonic())
 
     def _peer_horizon(self, span_ms: int) -> int | None:
         """How far this worker may read: the slowest peer heard from lately, plus `span_ms` (None: no peer)."""
@@ -336,6 +300,7 @@ class Engine:
             start = tp.offset if tp.offset >= 0 else _log_start(consumer, tp)
             if tp.topic == self._names.shard_topic:
                 self._transactions.own_shard(tp.partition, start)
+                self._shard_metadata[tp.partition] = tp.metadata or ""
             else:
                 self._start_offsets[(tp.topic, tp.partition)] = start
 
@@ -388,22 +353,6 @@ class Engine:
         _, high = self._consumer.get_watermark_offsets(TopicPartition(*partition), cached=True)
         return bool(high >= 0)
 
-    def _recent_ids(self, store: PartitionStore) -> RecentIds:
-        return RecentIds(store, self._settings.dedup_retention_s * 1000)
-
-    def _close_stores(self, shards: list[int]) -> None:
-        for shard in shards:
-            self._recent.pop(shard, None)
-            store = self._stores.pop(shard, None)
-            if store is not None:
-                store.close()
-
-    def _restore(self, shards: list[int]) -> None:
-        """Replay each shard's changelog from its local checkpoint to the end (committed data only): see `restore`."""
-        lifetimes = state_lifetimes(self._work.features, self._settings.dedup_retention_s * 1000)
-        stores = {shard: self._stores[shard] for shard in shards}
-        restore_shards(self._settings, self._names.changelog, stores, lifetimes)
-
 
 def _log_start(consumer: Consumer, tp: TopicPartition) -> int:
     """The first offset the broker holds of `tp`, asked again while the broker says a retry may help."""
@@ -423,8 +372,3 @@ def _incoming(msg: Message) -> Incoming:
     topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
     assert topic is not None and partition is not None and offset is not None
     return Incoming(topic, partition, offset, msg.key(), msg.value())
-
-
-def _event_time(work: tuple[int, ShardItem]) -> int:
-    item = work[1]
-    return 0 if isinstance(item, MergeItem) else item.event.ts

@@ -41,7 +41,6 @@ from streamguard.errors import BrokerError
 from streamguard.features.table import EntityFeatures
 from streamguard.pipeline.shard import FINGERPRINT_MEMORY_MS
 from streamguard.settings import Settings
-from streamguard.state.store import PartitionStore, decode_changes
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,6 @@ STALL_AFTER_S: Final = 120.0  # a restore that reads nothing and reaches no end 
 BROKER_TIMEOUT_S: Final = 10.0  # one watermark or config request
 POLL_S: Final = 1.0
 POLL_RECORDS: Final = 1000
-EMPTY_CHANGES: Final = b"\x90"  # a msgpack empty list: what a record without a value stands for
 
 Reason = Literal["resume", "fresh", "gap", "ahead"]
 
@@ -192,6 +190,20 @@ class RestoreReport:
         return sum(self.keys.values()) / self.seconds if self.seconds > 0 else 0.0
 
 
+class RestoreTarget(Protocol):
+    """What a shard's changelog is replayed into: a store (`PartitionStore`), or the batch core's state."""
+
+    @property
+    def checkpoint(self) -> int | None:
+        """The last changelog offset it holds, or None for a new one."""
+
+    def clear(self) -> None:
+        """Forget everything, the checkpoint included."""
+
+    def replay(self, record: bytes | None, changelog_offset: int) -> int:
+        """Apply the record read at `changelog_offset` (None: it stands for the log up to there); its keys."""
+
+
 class ChangelogConsumer(Protocol):
     """The part of a confluent-kafka Consumer a restore uses (a fake one in the unit tests)."""
 
@@ -205,7 +217,7 @@ class ChangelogConsumer(Protocol):
 
 
 def restore_shards(
-    settings: Settings, changelog: str, stores: Mapping[int, PartitionStore], lifetimes: Mapping[str, int]
+    settings: Settings, changelog: str, stores: Mapping[int, RestoreTarget], lifetimes: Mapping[str, int]
 ) -> RestoreReport:
     """Bring each store (by shard) up to the end of its changelog partition."""
     if not stores:
@@ -226,7 +238,7 @@ class Restore:
         self,
         consumer: ChangelogConsumer,
         changelog: str,
-        stores: Mapping[int, PartitionStore],
+        stores: Mapping[int, RestoreTarget],
         progress_every_s: float = PROGRESS_EVERY_S,
         stall_after_s: float = STALL_AFTER_S,
     ) -> None:
@@ -289,7 +301,7 @@ class Restore:
             store.clear()
         if chosen.reason != "resume" and chosen.start > 0:
             # The store now stands for the log from `start`: a restart resumes there, quietly.
-            store.apply({}, chosen.start - 1)
+            store.replay(None, chosen.start - 1)
         previous = self._shards.get(shard)
         restore = ShardRestore(chosen, chosen.start)
         if previous is not None and not chosen.wipe:
@@ -329,11 +341,10 @@ class Restore:
             return
         if offset < restore.next:
             return  # fetched before the shard was planned again
-        changes = decode_changes(msg.value() or EMPTY_CHANGES)
-        self._stores[shard].apply(changes, offset)
+        keys = self._stores[shard].replay(msg.value(), offset)
         restore.next = offset + 1
         restore.records += 1
-        restore.keys += len(changes)
+        restore.keys += keys
         self._last_progress = time.monotonic()
 
     def _replan(self, shard: int, err: KafkaError) -> None:

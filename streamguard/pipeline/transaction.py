@@ -56,6 +56,11 @@ class Processed:
     touched: set[int] = field(default_factory=set)  # the shards whose state they changed
     duplicates: int = 0
     processing_errors: int = 0
+    # A state that writes its changes as records of its own: per shard, the records, in order, and
+    # the changelog offsets they landed at once committed.
+    changelog: dict[int, list[bytes]] = field(default_factory=dict)
+    snapshot_starts: dict[int, int] = field(default_factory=dict)  # shard -> where in its records a snapshot starts
+    changelog_offsets: dict[int, list[int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -64,7 +69,7 @@ class InFlight:
 
     processed: Processed
     offsets: list[TopicPartition]  # the consumed offsets it commits
-    result: Future[dict[int, int]]
+    result: Future[dict[int, list[int]]]
 
 
 class Transactions:
@@ -100,6 +105,7 @@ class Transactions:
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="streamguard-commit")
         self._in_flight: InFlight | None = None
         self._shard_offsets: dict[int, int] = {}  # owned shard -> the offset of its partition committed last
+        self._shard_metadata: dict[int, str] = {}  # owned shard -> what its offset's commit says of its state
         self.pending = Processed()
         self.open_since: float | None = None  # time.monotonic(); None between transactions
 
@@ -131,8 +137,13 @@ class Transactions:
         """
         self._shard_offsets[shard] = offset
 
+    def describe_shard(self, shard: int, metadata: str) -> None:
+        """Commit `metadata` with `shard`'s offset from now on (the owner's next reads it with the offset)."""
+        self._shard_metadata[shard] = metadata
+
     def disown_shard(self, shard: int) -> None:
         self._shard_offsets.pop(shard, None)
+        self._shard_metadata.pop(shard, None)
 
     def hand_over(self, consumer: Consumer) -> None:
         """Start a transaction for what was processed, once the one in flight (if any) has committed.
@@ -163,7 +174,7 @@ class Transactions:
         if flight is None:
             return True
         try:
-            flight.result.result()
+            flight.processed.changelog_offsets = flight.result.result()
         except KafkaException as exc:
             later, self.pending = self.pending, Processed()
             self._abort(consumer, [*flight.processed.records, *later.records], exc)
@@ -192,7 +203,13 @@ class Transactions:
         offsets = _next_offsets(records)
         read = {tp.partition for tp in offsets if tp.topic == shard_topic}
         offsets += [TopicPartition(shard_topic, p, o) for p, o in self._shard_offsets.items() if p not in read]
-        return offsets
+        described = self._shard_metadata
+        return [
+            TopicPartition(tp.topic, tp.partition, tp.offset, metadata=described[tp.partition])
+            if tp.topic == shard_topic and tp.partition in described
+            else tp
+            for tp in offsets
+        ]
 
     def _commit_batch(
         self,
@@ -201,20 +218,20 @@ class Transactions:
         processed: Processed,
         offsets: list[TopicPartition],
         changes: Changeset,
-    ) -> dict[int, int]:
+    ) -> dict[int, list[int]]:
         """On the committer thread: one transaction for the records, state changes and offsets of `processed`."""
         started = time.perf_counter()
         self.open_since = time.monotonic()
         try:
-            changelog = send(producer, processed.outs, self._names.changelog, changes)
+            changelog = send(producer, processed.outs, self._names.changelog, changes, processed.changelog)
             # The consumed offsets go to the group coordinator while the records are on their way.
             producer.send_offsets_to_transaction(offsets, group, TXN_TIMEOUT_S)
             changelog_offsets = changelog.wait(producer, TXN_TIMEOUT_S)
             _commit(producer)
         finally:
             self.open_since = None
-        for shard, offset in changelog_offsets.items():
-            self._stores[shard].apply(changes[shard], offset)
+        for shard, shard_changes in changes.items():
+            self._stores[shard].apply(shard_changes, changelog_offsets[shard][-1])
         self._stats.last_commit_ms = 1000 * (time.perf_counter() - started)
         return changelog_offsets
 

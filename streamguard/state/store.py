@@ -26,6 +26,7 @@ from streamguard.state import keys
 
 Changes = dict[bytes, bytes | None]
 APPLY_BATCH = 5000  # keys per RocksDB write: a few ms each, so other threads get the GIL between them
+EMPTY_CHANGES: Final = b"\x90"  # a msgpack empty list: what a changelog record without a value stands for
 
 _changes_encoder: Final = msgspec.msgpack.Encoder()
 _changes_decoder: Final = msgspec.msgpack.Decoder(list[tuple[bytes, bytes | None]])
@@ -159,6 +160,12 @@ class PartitionStore:
         self._write([(keys.CHECKPOINT, keys.encode_u64(changelog_offset))])
         if changes is self.committing:
             self.committing = {}
+
+    def replay(self, record: bytes | None, changelog_offset: int) -> int:
+        """Apply a changelog record (`encode_changes`; None: no changes) read at `changelog_offset`; its keys."""
+        changes = decode_changes(record or EMPTY_CHANGES)
+        self.apply(changes, changelog_offset)
+        return len(changes)
 
     def _write(self, items: list[tuple[bytes, bytes | None]]) -> None:
         batch = WriteBatch(raw_mode=True)
