@@ -11,7 +11,7 @@ from typing import Any
 
 import faust
 
-from streamguard.columnar.core import BatchCore
+from streamguard.columnar.core import core_for
 from streamguard.columnar.hashing import ColumnHashes
 from streamguard.features.spec import FeatureSpec, load_features
 from streamguard.features.table import EntityFeatures
@@ -94,15 +94,9 @@ def _engine(
     features = EntityFeatures(specs, settings.allowed_lateness_ms)
     lifetimes = state_lifetimes(features, settings.dedup_retention_s * 1000)
     if settings.engine == "columnar":
-        hashes = ColumnHashes(key)
-        detector = Detector(Program(load_ruleset(specs), specs), hashes)
-        features_topic = settings.topic(settings.features_topic) if settings.features_topic else None
-
-        def make_core() -> BatchCore:
-            return BatchCore(names, specs, detector, hashes, settings.allowed_lateness_ms,
-                             settings.dedup_retention_s * 1000, features_topic)  # fmt: skip
-
-        return ColumnarEngine(settings, names, make_core, lifetimes, worker), detector
+        columnar = Detector(Program(load_ruleset(specs), specs), ColumnHashes(key))
+        engine = ColumnarEngine(settings, names, lambda: core_for(settings, names, columnar), lifetimes, worker)
+        return engine, columnar
     pseudonymizer = Pseudonymizer(key)
     detector = Detector(Program(load_ruleset(specs), specs), pseudonymizer)
     return ItemEngine(settings, names, pseudonymizer, features, detector, worker), detector

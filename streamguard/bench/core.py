@@ -24,19 +24,14 @@ from typing import TypeVar
 
 import numpy as np
 
-from streamguard.columnar.core import BatchCore
+from streamguard.columnar.core import core_for
 from streamguard.columnar.driver import Cluster
-from streamguard.columnar.hashing import ColumnHashes
 from streamguard.columnar.state import ColumnarState, load, packed
 from streamguard.demo.traffic import DemoTraffic
-from streamguard.features.spec import load_features
 from streamguard.pipeline.records import Incoming
-from streamguard.rules.program import Program
-from streamguard.rules.spec import load_ruleset
 from streamguard.settings import Settings
 from streamguard.topics.names import TopicNames
 from streamguard.topics.spec import load_specs
-from streamguard.verdicts import Detector
 
 T = TypeVar("T")
 DEMO_STEP_MS = 20  # event time between two demo events: 50 events/s of history
@@ -60,9 +55,9 @@ class CoreFigures:
 
 def bench_core(settings: Settings, records: list[Incoming], batch: int, now_ms: int) -> CoreFigures:
     names = _names(settings)
-    core = _core(settings, names)
+    core = core_for(settings, names)
     core.process(records[:20], now_ms)  # compiles, or loads the cached kernels
-    core = _core(settings, names)
+    core = core_for(settings, names)
     verdicts = dead = duplicates = 0
     started = time.thread_time()
     for start in range(0, len(records), batch):
@@ -110,8 +105,8 @@ class ClusterFigures:
 
 def bench_cluster(settings: Settings, records: list[Incoming], batch: int, now_ms: int, workers: int) -> ClusterFigures:
     names = _names(settings)
-    _core(settings, names).process(records[:20], now_ms)  # compiles, or loads the cached kernels
-    cluster = Cluster(names, lambda: _core(settings, names), workers, partitions=6, batch_max_events=batch,
+    core_for(settings, names).process(records[:20], now_ms)  # compiles, or loads the cached kernels
+    cluster = Cluster(names, lambda: core_for(settings, names), workers, partitions=6, batch_max_events=batch,
                       batch_max_span_ms=settings.batch_max_span_ms)  # fmt: skip
     cluster.now_ms = now_ms
     kind_of = names.input_type()
@@ -168,13 +163,6 @@ def scenario_records(settings: Settings, path: Path) -> list[Incoming]:
 def print_figures(figures: CoreFigures | ClusterFigures) -> None:
     for name, value in asdict(figures).items():
         print(f"{name:28s} {value:>14,}" if isinstance(value, int) else f"{name:28s} {value:>14,.2f}")
-
-
-def _core(settings: Settings, names: TopicNames) -> BatchCore:
-    specs = load_features(settings.allowed_lateness_ms)
-    hashes = ColumnHashes(settings.require_hash_key())
-    detector = Detector(Program(load_ruleset(specs), specs), hashes)
-    return BatchCore(names, specs, detector, hashes, settings.allowed_lateness_ms, settings.dedup_retention_s * 1000)
 
 
 def _names(settings: Settings) -> TopicNames:

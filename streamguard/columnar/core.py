@@ -35,11 +35,13 @@ from streamguard.columnar.rules import rules_fired
 from streamguard.columnar.state import ColumnarState, CountResult
 from streamguard.errors import InvalidEvent
 from streamguard.events import EVENT_TYPES, AnyEvent, ErrorCode
-from streamguard.features.spec import FeatureSpec
+from streamguard.features.spec import FeatureSpec, load_features
 from streamguard.pipeline.failures import describe, log_failure
 from streamguard.pipeline.ingest import dead_letter
 from streamguard.pipeline.records import Incoming, Outgoing
 from streamguard.rules.program import Program
+from streamguard.rules.spec import load_ruleset
+from streamguard.settings import Settings
 from streamguard.topics.names import TopicNames
 from streamguard.verdicts import Detector
 
@@ -454,3 +456,13 @@ def _allow_template(kind: str, label: bytes, now_ms: int) -> bytes:
         b'{"event_id":%b,"type":"' + kind.encode() + b'","ts":%d,"decision":"allow","score":0,"reasons":[],'
         b'"ruleset":' + label.replace(b"%", b"%%") + b',"decided_at":' + str(now_ms).encode() + b"}"
     )
+
+
+def core_for(settings: Settings, names: TopicNames, detector: Detector | None = None) -> BatchCore:
+    """A core as a worker of `settings` makes it; by default deciding by the ruleset file, lists empty."""
+    specs = load_features(settings.allowed_lateness_ms)
+    hashes = ColumnHashes(settings.require_hash_key())
+    detector = detector or Detector(Program(load_ruleset(specs), specs), hashes)
+    features_topic = settings.topic(settings.features_topic) if settings.features_topic else None
+    return BatchCore(names, specs, detector, hashes, settings.allowed_lateness_ms, settings.dedup_retention_s * 1000,
+                     features_topic)  # fmt: skip

@@ -14,11 +14,12 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
+from streamguard.columnar.core import core_for
 from streamguard.errors import ConfigError
 from streamguard.settings import Settings
 from streamguard.topics.identity import app_topics
 from streamguard.topics.names import TopicNames
-from streamguard.verify import kafka, offsets, outputs, state
+from streamguard.verify import core_state, kafka, offsets, outputs, state
 from streamguard.verify.records import TP, Record
 from streamguard.verify.report import Check, Report
 
@@ -56,15 +57,12 @@ def verify(settings: Settings, data_dirs: Sequence[Path] = (), now_ms: int | Non
     verdict_type = {topic: kind for kind, topic in names.verdicts.items()}
     verdicts = read_topics(settings, names.verdicts.values())
     dead, unnamed = outputs.dead_letter_sources(read_topics(settings, [names.deadletter]))
-    stores = {shard: state.newest_store(data_dirs, shard) for shard in range(names.shards)}
-    replays = _replays(settings, admin, names, stores)
     checks = [
         outputs.check_verdicts(inputs, verdicts, dead, verdict_type),
         outputs.check_deadletters(inputs, dead, unnamed),
         _open_transactions(admin, names),
         _group_offsets(settings, admin, names),
-        _stores(replays, stores, data_dirs),
-        state.check_parked(replays),
+        *_state(settings, admin, names, data_dirs),
     ]
     return Report(checks, f"prefix {settings.topic_prefix!r}, app {settings.app_id!r}, broker {settings.bootstrap}")
 
@@ -88,6 +86,16 @@ def _group_offsets(settings: Settings, admin: AdminClient, names: TopicNames) ->
     gaps: dict[TP, int | None] = {tp: committed.get(tp) for tp in tps if committed.get(tp) != end[tp]}
     unread = Counter((r.topic, r.partition) for r in kafka.read(settings, gaps))
     return offsets.check_group_offsets(committed, end, unread)
+
+
+def _state(settings: Settings, admin: AdminClient, names: TopicNames, data_dirs: Sequence[Path]) -> list[Check]:
+    """V6 and V7, on the state the engine of `settings` keeps."""
+    if settings.engine == "columnar":
+        changelog = read_topics(settings, [names.changelog])
+        return list(core_state.replay(core_for(settings, names), changelog))
+    stores = {shard: state.newest_store(data_dirs, shard) for shard in range(names.shards)}
+    replays = _replays(settings, admin, names, stores)
+    return [_stores(replays, stores, data_dirs), state.check_parked(replays)]
 
 
 def _replays(

@@ -213,6 +213,8 @@ class Stack:
 
     def env(self) -> dict[str, str]:
         extra = {"STREAMGUARD_FEATURES_TOPIC": "features"} if self.features else {}
+        if os.environ.get("STREAMGUARD_ENGINE"):  # the whole suite on another engine, the verifier's checks too
+            extra["STREAMGUARD_ENGINE"] = os.environ["STREAMGUARD_ENGINE"]
         return {
             **extra,
             "STREAMGUARD_BOOTSTRAP": self.broker.bootstrap,

@@ -20,10 +20,14 @@ from streamguard.demo.traffic import DemoTraffic
 from streamguard.errors import ConfigError
 from streamguard.events import LoginEvent
 from streamguard.features.spec import load_features
+from streamguard.pipeline.columnar_engine import CoreShard
+from streamguard.pipeline.records import Incoming
+from streamguard.pipeline.restore import Restore
 from streamguard.rules.program import Program
 from streamguard.rules.spec import Condition, Decision, Rule, Ruleset, load_ruleset
 from streamguard.verdicts import Detector
 from tests.local import LATENESS_MS, NAMES
+from tests.unit.test_restore import FakeConsumer, Log
 
 T0 = 1_790_000_000_000
 HASHES = ColumnHashes(b"columnar-cluster-test-key")
@@ -219,3 +223,32 @@ def test_a_distinct_count_of_fingerprints_over_other_events_is_refused():
                                   events=["login"])  # fmt: skip
     with pytest.raises(ConfigError, match="only device reports carry their own fingerprint"):
         Layout([*SPECS, odd], LATENESS_MS)
+
+
+def test_a_core_restored_from_each_shards_committed_snapshot_decides_as_one_replayed_from_the_start():
+    """What the columnar engine's restore does: `Restore` from the snapshot's offset (`CoreShard`), or from 0."""
+    cluster = Cluster(NAMES, _core, 1, batch_max_events=300, batch_max_span_ms=1000, snapshot_every=4)
+    traffic = DemoTraffic(seed=9, run="restore")
+    for i in range(3000):
+        message = traffic.next_message(T0 + 20 * i)
+        cluster.produce(message.topic.split(".")[-1], message.value, message.key, partition=i % 3)
+    cluster.now_ms = T0 + 20 * 3000
+    cluster.run()
+    logs = {shard: Log(dict(enumerate(r for _, r in log)), 0, len(log)) for shard, log in cluster.changelog.items()}
+    snapshot_at = {shard: max(i for i, (is_snapshot, _) in enumerate(log) if is_snapshot)
+                   for shard, log in cluster.changelog.items()}  # fmt: skip
+    assert all(at > 0 for at in snapshot_at.values())
+
+    def restored(from_snapshot: bool) -> BatchCore:
+        core = _core()
+        targets = {shard: CoreShard(core, shard, snapshot_at[shard] if from_snapshot else None) for shard in logs}
+        Restore(FakeConsumer(logs), NAMES.changelog, targets).run()
+        return core
+
+    later = [traffic.next_message(T0 + 20 * (3000 + i)) for i in range(400)]
+    probes = [Incoming(m.topic, i % 3, 10_000 + i, m.key, m.value) for i, m in enumerate(later)]
+    cores = [restored(from_snapshot=True), restored(from_snapshot=False), cluster.workers[0].core]
+    assert sum(cores[0].state.entity_counts().values()) > 1000
+    decided = [core.process(probes, T0 + 20 * 3400).outs for core in cores]
+    assert [out.value for out in decided[0]] == [out.value for out in decided[1]] == [out.value for out in decided[2]]
+    assert len([out for out in decided[0] if out.topic == "features"]) > 300
