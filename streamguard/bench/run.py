@@ -241,6 +241,7 @@ def _worker_env(settings: Settings, prefix: str, app_id: str) -> dict[str, str]:
         "STREAMGUARD_TOPIC_PREFIX": prefix,
         "STREAMGUARD_APP_ID": app_id,
         "STREAMGUARD_HASH_KEY": settings.hash_key or secrets.token_hex(16),
+        "STREAMGUARD_ENGINE": settings.engine,  # `STREAMGUARD_ENGINE=columnar streamguard bench` measures that one
     }
 
 
@@ -287,7 +288,8 @@ def _report(
     stats: dict[str, object],
     census: EntityCensus,
 ) -> Report:
-    state_bytes = worker.state_bytes()
+    in_memory = stats.get("memory_state_bytes")
+    state_bytes = worker.state_bytes() + (in_memory if isinstance(in_memory, int) else 0)  # on disk, in memory
     return Report(
         machine={"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         broker=settings.bootstrap,
@@ -300,6 +302,7 @@ def _report(
             "latency_seconds_per_load": options.latency_seconds,
             "event_rate_stamped": options.event_rate,
             "seed": options.seed,
+            "engine": settings.engine,
         },
         paths=paths,
         latency=levels,

@@ -86,6 +86,7 @@ class ColumnarEngine(Engine):
             outs += [Outgoing(shard_topic, told, PROGRESS_KEY, shard) for shard in self._others()]
         self._add(batch, outs, set(), output.duplicates, output.processing_errors)
         self._add_changes(self._transactions.pending)
+        self.stats.memory_state_bytes = self._core.state.nbytes
 
     def _add_changes(self, processed: Processed) -> None:
         """The batch's state changes join the next transaction: as they are, or a whole snapshot of each shard."""

@@ -21,6 +21,7 @@ class EngineStats:
     last_commit_ms: float = 0.0
     pauses: int = 0  # input partitions paused for holding over `partition_buffer` records
     processing_errors: int = 0  # records and work items whose processing raised (their events were dead-lettered)
+    memory_state_bytes: int = 0  # the state held in memory (the columnar engine's; the item engine's is on disk)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -34,4 +35,5 @@ class EngineStats:
             "last_commit_ms": round(self.last_commit_ms, 2),
             "pauses": self.pauses,
             "processing_errors": self.processing_errors,
+            "memory_state_bytes": self.memory_state_bytes,
         }
