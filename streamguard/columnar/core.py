@@ -236,7 +236,7 @@ class BatchCore:
         self._take_answers(Answers.concat([answers, local], features=self._widths[2]), decided, output)
         self._publish(program, decided, now_ms, output)
         self._note_memos(rows, kept, counted)
-        self._expired.append(self.state.expire())
+        self._expired.append(self.state.expire(len(rows)))
         return output
 
     def _note_memos(self, rows: Rows, kept: np.ndarray, counted: CountResult) -> None:

@@ -35,7 +35,9 @@ from streamguard.columnar.tables import (
 )
 
 FINGERPRINT_MEMORY_MS = 24 * 3_600_000  # a device's fingerprint is remembered this long after its last report
-EXPIRE_ROWS = 2_000  # entities (or memo slots) an `expire` call looks at
+EXPIRE_ROWS = 2_000  # the most entities (or memo slots) an `expire` call looks at
+EXPIRE_ROWS_PER_EVENT = 4  # what a call looks at per event of its batch (a poll of live traffic may bring 20)
+EXPIRE_MIN_ROWS = 256
 # Entities the arrays have room for before they grow (a copy). Memory is committed as entities come:
 # this reserves address space (some GiB), not memory.
 RESERVED_ENTITIES = 1 << 20
@@ -146,16 +148,21 @@ class ColumnarState:
         else:
             raise AssertionError(f"the count kernel stopped for want of {short}")
 
-    def expire(self) -> np.ndarray:
-        """Free a bounded number of entities, event ids and fingerprints past use; the freed entities' keys."""
+    def expire(self, events: int | None = None) -> np.ndarray:
+        """Free a bounded number of entities, event ids and fingerprints past use; the freed entities' keys.
+
+        `events`: how many the batch just counted had, which sizes the sweep
+        (a sweep's cost is per row looked at, so a small batch looks at few).
+        """
+        rows = EXPIRE_ROWS if events is None else min(EXPIRE_ROWS, max(EXPIRE_MIN_ROWS, EXPIRE_ROWS_PER_EVENT * events))
         watermark, kinds = self.newest_ts, self.layout.kind_arrays
-        gone = np.empty(EXPIRE_ROWS, np.uint64)
+        gone = np.empty(rows, np.uint64)
         self.cursor, n = expire_entities(
             self.entities, self.pool, self.layout.arrays, kinds.features, kinds.first, int(kinds.ring_stride[0]),
-            self.cursor, EXPIRE_ROWS, watermark, gone,
+            self.cursor, rows, watermark, gone,
         )  # fmt: skip
-        self.id_cursor = expire_memo(self.ids, self.id_cursor, EXPIRE_ROWS, watermark - self.dedup_retention_ms)
-        self.link_cursor = expire_memo(self.links, self.link_cursor, EXPIRE_ROWS, watermark - FINGERPRINT_MEMORY_MS)
+        self.id_cursor = expire_memo(self.ids, self.id_cursor, rows, watermark - self.dedup_retention_ms)
+        self.link_cursor = expire_memo(self.links, self.link_cursor, rows, watermark - FINGERPRINT_MEMORY_MS)
         return gone[:n]
 
     def take_changed(self) -> np.ndarray:

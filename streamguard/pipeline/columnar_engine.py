@@ -85,11 +85,13 @@ class ColumnarEngine(Engine):
             told = orjson.dumps([self._worker_id, progress])
             outs += [Outgoing(shard_topic, told, PROGRESS_KEY, shard) for shard in self._others()]
         self._add(batch, outs, set(), output.duplicates, output.processing_errors)
-        self._add_changes(self._transactions.pending)
-        self.stats.memory_state_bytes = self._core.state.nbytes
 
-    def _add_changes(self, processed: Processed) -> None:
-        """The batch's state changes join the next transaction: as they are, or a whole snapshot of each shard."""
+    def _seal(self, processed: Processed) -> None:
+        """The state changes of the transaction's batches join it: as they are, or a whole snapshot of each shard.
+
+        Once per transaction, not per batch: what it costs per shard (a record
+        each, the packing) is paid once however many polls the batches took.
+        """
         if time.monotonic() - self._last_snapshot >= SNAPSHOT_EVERY_S:
             self._snapshot_due |= self._owned
             self._last_snapshot = time.monotonic()
@@ -103,6 +105,7 @@ class ColumnarEngine(Engine):
             written = processed.changelog.setdefault(shard, [])
             processed.snapshot_starts[shard] = len(written)
             written.extend(records)
+        self.stats.memory_state_bytes = self._core.state.nbytes
 
     def _count(self, processed: Processed) -> None:
         """A transaction committed: the snapshots it wrote are where the shards' next owners restore from."""

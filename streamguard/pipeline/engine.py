@@ -84,6 +84,7 @@ class Engine:
             settings.batch_max_events,
             stores,
             self.stats,
+            sealing=self._seal,
             committed=self._count,
             rolled_back=self._read_again,
         )
@@ -99,6 +100,9 @@ class Engine:
     def _process(self, batch: list[Incoming], now_ms: int) -> None:
         """Add what `batch` produces to `self._transactions.pending` (see `_add`)."""
         raise NotImplementedError
+
+    def _seal(self, processed: Processed) -> None:
+        """What `processed` needs added once, just before its transaction starts (by default nothing)."""
 
     def _take_up_shards(self, shards: list[int]) -> None:
         """Hold `shards` from now on: restore their state."""

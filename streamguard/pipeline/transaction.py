@@ -79,9 +79,11 @@ class Transactions:
     transaction itself (produce, offsets, commit, then the stores' writes),
     and sets `open_since`, which the service's watchdog reads. The engine adds
     what it processes to `pending`; `hand_over` makes that the next
-    transaction once the one in flight has committed. `committed` is
-    called with what a transaction held once it has committed; `rolled_back`
-    with the consumer and the records to forget and read again once one aborted.
+    transaction once the one in flight has committed. `sealing` is called
+    with what a transaction will hold just before it starts (what the engine
+    adds once per transaction rather than per batch); `committed` with what
+    it held once it has committed; `rolled_back` with the consumer and the
+    records to forget and read again once one aborted.
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class Transactions:
         max_events: int,
         stores: Mapping[int, PartitionStore],
         stats: EngineStats,
+        sealing: Callable[[Processed], None],
         committed: Callable[[Processed], None],
         rolled_back: Callable[[Consumer, list[Incoming]], None],
     ) -> None:
@@ -99,6 +102,7 @@ class Transactions:
         self._max_events = max_events
         self._stores = stores
         self._stats = stats
+        self._sealing = sealing
         self._committed = committed
         self._rolled_back = rolled_back
         self._producer: Producer | None = None
@@ -189,6 +193,7 @@ class Transactions:
     def _submit(self, consumer: Consumer) -> None:
         producer = self._started()
         processed, self.pending = self.pending, Processed()
+        self._sealing(processed)
         changes = {shard: self._stores[shard].take_changes() for shard in processed.touched}
         changes = {shard: c for shard, c in changes.items() if c}
         offsets = self._offsets_to_commit(processed.records)
