@@ -133,9 +133,18 @@ def take_changes(
 def snapshots(state: ColumnarState, fingerprint: int, shards: int, which: list[int]) -> dict[int, list[ShardRecord]]:
     """All the state holds of each shard of `which`: entities, event ids, links."""
     e = state.entities
+    wanted = np.zeros(shards, np.bool_)
+    wanted[which] = True
+
+    def of_wanted(keys: np.ndarray) -> np.ndarray:  # only those shards' entries are packed
+        live = keys[keys > DELETED]
+        return live[wanted[shard_of_keys(live, shards)]]
+
     used = np.arange(int(e.counters[IDS_USED]))
-    memos = tuple(_entries(memo, memo.keys[memo.keys > DELETED]) for memo in (state.ids, state.links))
-    parts = _Parts(state, used[e.key[used] > DELETED], np.empty(0, np.uint64), memos, shards)
+    used = used[e.key[used] > DELETED]
+    used = used[wanted[shard_of_keys(e.key[used], shards)]]
+    memos = tuple(_entries(memo, of_wanted(memo.keys)) for memo in (state.ids, state.links))
+    parts = _Parts(state, used, np.empty(0, np.uint64), memos, shards)
     return {shard: parts.records(fingerprint, shard, True, state.newest_ts) for shard in which}
 
 

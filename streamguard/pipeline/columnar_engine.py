@@ -6,8 +6,9 @@ transaction carries, besides the verdicts:
 - the work for shards other workers hold, one shards-topic record per shard
   (`BatchCore.encode`), and how far this worker has read (`PROGRESS_KEY`);
 - what the batches changed, one changelog record (or a few) per shard
-  changed (`BatchCore.take_changes`), and every `SNAPSHOT_EVERY_S` a
-  snapshot of each shard held instead (`BatchCore.snapshots`).
+  changed (`BatchCore.take_changes`), or for one shard held a snapshot
+  instead (`BatchCore.snapshots`): in turn, so that each is written whole
+  every `SNAPSHOT_EVERY_S`, and a transaction never carries all of them.
 
 Once a snapshot has committed, every later transaction commits its changelog
 offset with the shard's offset on the shards topic, as the commit's metadata
@@ -43,7 +44,7 @@ from streamguard.topics.names import TopicNames
 log = logging.getLogger(__name__)
 
 PROGRESS_KEY: Final = b"progress"  # the key of a shards-topic record that tells how far its sender has read
-SNAPSHOT_EVERY_S: Final = 30.0  # how often each shard held is written whole to the changelog
+SNAPSHOT_EVERY_S: Final = 30.0  # how often each shard held is written whole to the changelog (one at a time)
 SNAPSHOT_PREFIX: Final = "snapshot="
 
 
@@ -60,9 +61,10 @@ class ColumnarEngine(Engine):
         self._make_core = make_core
         self._lifetimes = lifetimes  # how long each kind of state lives: what the changelog must keep
         self._core = self._new_core()
-        self._snapshot_due: set[int] = set()  # shards to write whole in the next batch
+        self._snapshot_due: set[int] = set()  # shards to write whole in the next transaction
+        self._snapshot_taken: dict[int, float] = {}  # shard -> when it was last written whole (time.monotonic())
         self._snapshot_at: dict[int, int] = {}  # shard -> the changelog offset of its last snapshot committed
-        self._last_snapshot = time.monotonic()
+        self._last_snapshot = time.monotonic()  # when some shard was last written whole
 
     # --- a batch ------------------------------------------------------------------
 
@@ -92,11 +94,11 @@ class ColumnarEngine(Engine):
         Once per transaction, not per batch: what it costs per shard (a record
         each, the packing) is paid once however many polls the batches took.
         """
-        if time.monotonic() - self._last_snapshot >= SNAPSHOT_EVERY_S:
-            self._snapshot_due |= self._owned
-            self._last_snapshot = time.monotonic()
+        self._snapshot_due |= self._next_in_turn()
         changed = self._core.take_changes()
         snapshots = self._core.snapshots(self._snapshot_due) if self._snapshot_due else {}
+        now = time.monotonic()
+        self._snapshot_taken.update(dict.fromkeys(snapshots, now))
         self._snapshot_due.clear()
         for shard, records in changed.items():
             if shard not in snapshots:  # a snapshot holds this batch's changes too
@@ -106,6 +108,18 @@ class ColumnarEngine(Engine):
             processed.snapshot_starts[shard] = len(written)
             written.extend(records)
         self.stats.memory_state_bytes = self._core.state.nbytes
+
+    def _next_in_turn(self) -> set[int]:
+        """The shard held longest without a snapshot, when one is due: a shard every SNAPSHOT_EVERY_S / shards held.
+
+        One at a time, a snapshot costs a transaction 1/N of the state's bytes
+        (N shards held) instead of all of it at once, which stalled the
+        engine for a second and held every shard's bytes twice in memory.
+        """
+        if not self._owned or time.monotonic() - self._last_snapshot < SNAPSHOT_EVERY_S / len(self._owned):
+            return set()
+        self._last_snapshot = time.monotonic()
+        return {min(self._owned, key=lambda shard: self._snapshot_taken.get(shard, 0.0))}
 
     def _count(self, processed: Processed) -> None:
         """A transaction committed: the snapshots it wrote are where the shards' next owners restore from."""
@@ -139,6 +153,7 @@ class ColumnarEngine(Engine):
         self._snapshot_due -= set(shards)
         for shard in shards:
             self._snapshot_at.pop(shard, None)
+            self._snapshot_taken.pop(shard, None)
 
     def _forget_uncommitted(self) -> None:
         self._core = self._new_core()
