@@ -137,8 +137,9 @@ def snapshots(state: ColumnarState, fingerprint: int, shards: int, which: list[i
     wanted[which] = True
 
     def of_wanted(keys: np.ndarray) -> np.ndarray:  # only those shards' entries are packed
-        live = keys[keys > DELETED]
-        return live[wanted[shard_of_keys(live, shards)]]
+        live: np.ndarray = keys[keys > DELETED]
+        kept: np.ndarray = live[wanted[shard_of_keys(live, shards)]]
+        return kept
 
     used = np.arange(int(e.counters[IDS_USED]))
     used = used[e.key[used] > DELETED]
