@@ -7,6 +7,8 @@ thread; the engine reads both per event (a reference read, safe under the GIL).
 
 from __future__ import annotations
 
+import numpy as np
+
 from streamguard.codec import event_type
 from streamguard.events import AnyEvent, Reason, Verdict
 from streamguard.privacy import Pseudonyms
@@ -29,8 +31,13 @@ class Detector:
         entities: dict[str, bytes],
         now_ms: int,
         program: Program | None = None,
+        evaluated: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> Verdict:
-        """`program`: the ruleset to decide by (default: the one in force; a batch passes the one it read with)."""
+        """`program`: the ruleset to decide by (default: the one in force; a batch passes the one it read with).
+
+        `evaluated`: what the rules observed and which fired, when a batch has
+        run them already (`columnar.rules`); then `values` is not read.
+        """
         kind = event_type(event)
         program = program or self.program  # one ruleset per verdict, even if it is replaced meanwhile
         reasons: list[Reason] = []
@@ -39,7 +46,10 @@ class Detector:
             listed = list_entities(event, entities, self._pseudo)
             blocked, allowed = self.lists.lookup(listed, now_ms)
             reasons += [_block_reason(eid, listed[eid]) for eid in blocked]
-        reasons += program.evaluate(event, kind, values, entities, allowed)
+        if evaluated is None:
+            reasons += program.evaluate(event, kind, values, entities, allowed)
+        else:
+            reasons += program.reasons(kind, *evaluated, entities, allowed)
         score = program.score(reasons)
         return Verdict(
             event_id=event.event_id,

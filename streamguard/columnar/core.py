@@ -31,7 +31,8 @@ from streamguard.columnar.hashing import ABSENT, ColumnHashes
 from streamguard.columnar.layout import TYPE_CODE, Layout, ReadPlan
 from streamguard.columnar.pack import shard_of_keys
 from streamguard.columnar.pending import PendingEvents
-from streamguard.columnar.rules import rules_fired
+from streamguard.columnar.rules import Evaluated
+from streamguard.columnar.rules import evaluate as evaluate_rules
 from streamguard.columnar.state import ColumnarState, CountResult
 from streamguard.errors import InvalidEvent
 from streamguard.events import EVENT_TYPES, AnyEvent, ErrorCode
@@ -408,21 +409,27 @@ class BatchCore:
             if rows.size == 0:
                 continue
             kind_events = [events[i] for i in rows.tolist()]
+            evaluated: Evaluated | None
             try:
-                fired = rules_fired(program, kind, kind_events, values[rows], self.layout.index)
+                evaluated = evaluate_rules(program, kind, kind_events, values[rows], self.layout.index)
+                fired = evaluated.fired_any
             except MemoryError:
                 raise
             except Exception as exc:  # a fact that raises: each event goes through the detector, alone
                 log_failure("running the rules over a batch", exc)
-                fired = np.ones(len(kind_events), np.bool_)
+                evaluated, fired = None, np.ones(len(kind_events), np.bool_)
             template = _allow_template(kind, label, now_ms)
             for j, (i, event) in enumerate(zip(rows.tolist(), kind_events, strict=True)):
                 if not (listed or fired[j]):
                     decided[i] = template % (_encode(event.event_id), event.ts)
                     continue
                 try:
-                    inputs = self._values(program, kind, values[i])
-                    verdict = detector.decide(event, inputs, self._entities(hashes[i]), now_ms, program)
+                    entities = self._entities(hashes[i])
+                    if evaluated is None:
+                        inputs = self._values(program, kind, values[i])
+                        verdict = detector.decide(event, inputs, entities, now_ms, program)
+                    else:
+                        verdict = detector.decide(event, {}, entities, now_ms, program, evaluated.row(j))
                     decided[i] = encode_verdict(verdict)
                 except MemoryError:
                     raise

@@ -113,8 +113,24 @@ class Program:
             fired,
         ):
             return []
+        return self.reasons(kind, observed, fired, entities, allowed)
+
+    def reasons(
+        self,
+        kind: str,
+        observed: np.ndarray,
+        fired: np.ndarray,
+        entities: dict[str, bytes],
+        allowed: frozenset[str] = frozenset(),
+    ) -> list[Reason]:
+        """The reasons of the rules for `kind` that `fired` says fire, with the values `observed` per condition.
+
+        `observed` and `fired` are what `kernels.checks.evaluate_rules` fills,
+        for one event or as a row of a batch's (`columnar.rules`).
+        """
+        checks = self._checks[kind]
         reasons = []
-        for r in np.flatnonzero(fired):
+        for r in np.flatnonzero(fired).tolist():
             if allowed and checks.entities[r] & allowed:
                 continue
             rule = checks.rules[r]
