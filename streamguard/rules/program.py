@@ -76,6 +76,11 @@ class Program:
             for kind in {kind for rule in enabled for kind in rule.events}
         }
         self._inputs = {kind: frozenset(checks.features) for kind, checks in self._checks.items()}
+        # Per rule, what its reasons' details say whatever the event: the terms' inputs, ops and
+        # thresholds, and the entity kinds its conditions are about, in order.
+        self._said = {
+            kind: [_Said.of(rule, self._entity_of) for rule in checks.rules] for kind, checks in self._checks.items()
+        }
 
     def checks(self, kind: str) -> Checks | None:
         """The rules for events of `kind`, as the kernels take them (None: no rule looks at that type)."""
@@ -128,13 +133,13 @@ class Program:
         `observed` and `fired` are what `kernels.checks.evaluate_rules` fills,
         for one event or as a row of a batch's (`columnar.rules`).
         """
-        checks = self._checks[kind]
+        checks, said = self._checks[kind], self._said[kind]
         reasons = []
         for r in np.flatnonzero(fired).tolist():
             if allowed and checks.entities[r] & allowed:
                 continue
             rule = checks.rules[r]
-            detail = self._detail(rule, observed, int(checks.first[r]), entities)
+            detail = said[r].detail(observed, int(checks.first[r]), entities)
             reasons.append(Reason(code=rule.code, score=rule.score, detail=detail))
         reasons.sort(key=lambda reason: -reason.score)
         return reasons
@@ -152,18 +157,30 @@ class Program:
             return "challenge"
         return "allow"
 
-    def _detail(self, rule: Rule, observed: np.ndarray, first: int, entities: dict[str, bytes]) -> dict[str, Any]:
+
+@dataclass(frozen=True)
+class _Said:
+    """A rule's reason detail, less what the event observed."""
+
+    terms: list[tuple[str, str, float | int | None]]  # per condition: input, op, threshold
+    entity_kinds: list[str]  # of the entities its conditions are about, the first the event has is named
+
+    @classmethod
+    def of(cls, rule: Rule, entity_of: dict[str, str]) -> _Said:
+        kinds = [entity_of.get(c.names[0]) for c in rule.when]
+        return cls([(c.input, c.op, _number(c.value)) for c in rule.when], [k for k in kinds if k is not None])
+
+    def detail(self, observed: np.ndarray, first: int, entities: dict[str, bytes]) -> dict[str, Any]:
         terms = [
-            {"feature": c.input, "value": _number(observed[first + j]), "op": c.op, "threshold": _number(c.value)}
-            for j, c in enumerate(rule.when)
+            {"feature": name, "value": _number(observed[first + j]), "op": op, "threshold": threshold}
+            for j, (name, op, threshold) in enumerate(self.terms)
         ]
         detail: dict[str, Any] = dict(terms[0])
         if len(terms) > 1:
             detail["and"] = terms[1:]
-        for c in rule.when:
-            eid = self._entity_of.get(c.names[0])
-            if eid is not None and eid in entities:
-                detail["entity"] = {"kind": eid, "id": entities[eid][:8].hex()}
+        for kind in self.entity_kinds:
+            if kind in entities:
+                detail["entity"] = {"kind": kind, "id": entities[kind][:8].hex()}
                 break
         return detail
 
