@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     bench = command(
         "bench", "measure one worker against raw Kafka, Quix Streams and Kafka Streams; print and write a report"
     )
-    bench.add_argument("--events", type=int, default=60_000, help="events of the worker's throughput run")
+    bench.add_argument("--events", type=int, default=200_000, help="events of the worker's throughput run")
     bench.add_argument("--raw-events", type=int, default=300_000, help="events of the raw pass-through's run")
     bench.add_argument("--quix-events", type=int, default=15_000, help="events of the Quix Streams peer's run")
     bench.add_argument(
