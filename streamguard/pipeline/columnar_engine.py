@@ -89,7 +89,7 @@ class ColumnarEngine(Engine):
         self._add(batch, outs, set(), output.duplicates, output.processing_errors)
 
     def _seal(self, processed: Processed) -> None:
-        """The state changes of the transaction's batches join it: as they are, or a whole snapshot of each shard.
+        """The state changes of the transaction's batches join it: as they are, or as a snapshot of a shard due one.
 
         Once per transaction, not per batch: what it costs per shard (a record
         each, the packing) is paid once however many polls the batches took.
