@@ -36,7 +36,10 @@ from streamguard.columnar.tables import (
 
 FINGERPRINT_MEMORY_MS = 24 * 3_600_000  # a device's fingerprint is remembered this long after its last report
 EXPIRE_ROWS = 2_000  # the most entities (or memo slots) an `expire` call looks at
-EXPIRE_ROWS_PER_EVENT = 4  # what a call looks at per event of its batch (a poll of live traffic may bring 20)
+# What a call looks at per event of its batch (a poll of live traffic may bring 20): well over the
+# entities an event can create (one per kind it has, under 10), so that in small batches the
+# sweep comes round faster than entities are made.
+EXPIRE_ROWS_PER_EVENT = 16
 EXPIRE_MIN_ROWS = 256
 # Entities the arrays have room for before they grow (a copy). Memory is committed as entities come:
 # this reserves address space (some GiB), not memory.

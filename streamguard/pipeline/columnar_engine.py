@@ -116,10 +116,11 @@ class ColumnarEngine(Engine):
         (N shards held) instead of all of it at once, which stalled the
         engine for a second and held every shard's bytes twice in memory.
         """
-        if not self._owned or time.monotonic() - self._last_snapshot < SNAPSHOT_EVERY_S / len(self._owned):
+        waiting = self._owned - self._snapshot_due  # those due already (just taken up) are written anyway
+        if not waiting or time.monotonic() - self._last_snapshot < SNAPSHOT_EVERY_S / len(self._owned):
             return set()
         self._last_snapshot = time.monotonic()
-        return {min(self._owned, key=lambda shard: self._snapshot_taken.get(shard, 0.0))}
+        return {min(waiting, key=lambda shard: self._snapshot_taken.get(shard, 0.0))}
 
     def _count(self, processed: Processed) -> None:
         """A transaction committed: the snapshots it wrote are where the shards' next owners restore from."""
