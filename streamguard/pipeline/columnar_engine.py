@@ -100,13 +100,8 @@ class ColumnarEngine(Engine):
         now = time.monotonic()
         self._snapshot_taken.update(dict.fromkeys(snapshots, now))
         self._snapshot_due.clear()
-        for shard, records in changed.items():
-            if shard not in snapshots:  # a snapshot holds this batch's changes too
-                processed.changelog.setdefault(shard, []).extend(records)
-        for shard, records in snapshots.items():
-            written = processed.changelog.setdefault(shard, [])
-            processed.snapshot_starts[shard] = len(written)
-            written.extend(records)
+        processed.changelog = {**changed, **snapshots}  # a snapshot holds the shard's changes too
+        processed.snapshots = set(snapshots)
         self.stats.memory_state_bytes = self._core.state.nbytes
 
     def _next_in_turn(self) -> set[int]:
@@ -125,9 +120,9 @@ class ColumnarEngine(Engine):
     def _count(self, processed: Processed) -> None:
         """A transaction committed: the snapshots it wrote are where the shards' next owners restore from."""
         super()._count(processed)
-        for shard, start in processed.snapshot_starts.items():
+        for shard in processed.snapshots:
             if shard in self._owned:
-                self._snapshot_is_at(shard, processed.changelog_offsets[shard][start])
+                self._snapshot_is_at(shard, processed.changelog_offsets[shard][0])
 
     def _heard_from(self, value: bytes) -> None:
         try:

@@ -59,7 +59,7 @@ class Processed:
     # A state that writes its changes as records of its own: per shard, the records, in order, and
     # the changelog offsets they landed at once committed.
     changelog: dict[int, list[bytes]] = field(default_factory=dict)
-    snapshot_starts: dict[int, int] = field(default_factory=dict)  # shard -> where in its records a snapshot starts
+    snapshots: set[int] = field(default_factory=set)  # the shards whose records are a snapshot (from the first)
     changelog_offsets: dict[int, list[int]] = field(default_factory=dict)
 
 
