@@ -38,7 +38,7 @@ class Settings:
     partition_buffer: int = 50_000
     log_level: str = "WARNING"
     shards: int = DEFAULT_SHARDS
-    engine: str = "item"
+    engine: str = "columnar"
 
     def __post_init__(self) -> None:
         if not 1 <= self.shards <= MAX_SHARDS:
@@ -63,7 +63,10 @@ DOCS: Final[dict[str, str]] = {
     "bootstrap": "Kafka bootstrap servers, comma-separated.",
     "topic_prefix": "Prefix for every topic name, the contract's and the internal ones.",
     "app_id": "Application id: the consumer group, the transactional ids and the prefix of internal topics.",
-    "data_dir": "Where a worker keeps its RocksDB state; one per worker on a machine.",
+    "data_dir": (
+        "Where a worker keeps its identity (its transactional id), its lock and, with the item engine, its RocksDB "
+        "state; one per worker on a machine."
+    ),
     "web_port": "Port of the worker's web server (`/streamguard/stats/`).",
     "web_host": "Interface the worker's web server binds to.",
     "hash_key": "Secret key of the keyed hash that pseudonymises identifiers (at least 16 characters).",
@@ -82,8 +85,9 @@ DOCS: Final[dict[str, str]] = {
         "workers); an existing app keeps the count its topics and `<app>.cluster` have (`streamguard reshard`)."
     ),
     "engine": (
-        "How a worker processes a batch: `item` (work items over RocksDB stores) or `columnar` (the batch core; "
-        "see the README). All workers of an app run the same one, on a changelog written by it."
+        "How a worker processes a batch: `columnar` (the batch core over in-memory columnar state; the default) or "
+        "`item` (work items over RocksDB stores, the engine before it). All workers of an app run the same one, on "
+        "a changelog written by it."
     ),
 }
 

@@ -377,8 +377,8 @@ def _tell(chosen: Plan) -> None:
         log.warning(
             "shard %d: the changelog no longer reaches this store's checkpoint (offset %d): it now starts at "
             "offset %d, so the changes at offsets %d-%d are gone (deleted by retention while the shard was "
-            "elsewhere or its worker away). The local store cannot be trusted (it may hold state deleted in the "
-            "gap): it was wiped and is rebuilt from offset %d. %s",
+            "elsewhere or its worker away). What was held of the shard cannot be trusted (it may hold state deleted "
+            "in the gap): it was wiped and is rebuilt from offset %d. %s",
             shard, checkpoint, start, checkpoint + 1, start - 1, start, lost,
         )  # fmt: skip
     elif chosen.reason == "ahead":

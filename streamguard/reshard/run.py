@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Final
 
@@ -36,8 +36,11 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamguard import kafka_config
 from streamguard.codec import MAX_RECORD_BYTES
+from streamguard.columnar.changes import LayoutMismatch
+from streamguard.columnar.core import core_for
 from streamguard.errors import AppBusy, BrokerError, ConfigError
 from streamguard.reshard import checks
+from streamguard.reshard.columnar import Regroup
 from streamguard.reshard.stage import Manifest, Staging, discard, read_manifest
 from streamguard.settings import MAX_SHARDS, Settings
 from streamguard.state.store import decode_changes, encode_changes
@@ -45,6 +48,7 @@ from streamguard.topics.identity import ClusterIdentity, app_topics, first_ident
 from streamguard.topics.names import TopicNames
 from streamguard.topics.spec import TopicSpec, load_specs
 from streamguard.verify import kafka
+from streamguard.verify.records import Record
 
 log = logging.getLogger(__name__)
 
@@ -152,30 +156,58 @@ def _stage(settings: Settings, client: AdminClient, names: TopicNames, to_shards
     cluster = _identity(settings, client, names)
     discard(directory)  # an incomplete staging: the changelog is the truth
     staging = _open_staging(directory, to_shards)
-    records = 0
     try:
         print(f"staging the state of {names.changelog} in {directory}", flush=True)
-        starts = dict.fromkeys(kafka.partitions(client, [names.changelog]))
-        for row in kafka.read(settings, starts):
-            try:
-                staging.add(decode_changes(row.value or EMPTY_CHANGES), row.partition)
-            except (ValueError, msgspec.DecodeError) as exc:
-                raise ConfigError(
-                    f"{row.topic}[{row.partition}]@{row.offset} is no state this version can re-shard ({exc}); "
-                    "nothing was changed"
-                ) from None
-            records += 1
-        staged = sum(len(chunk) for shard in range(to_shards) for chunk in staging.chunks(shard, CHUNK_KEYS))
+        stage = _stage_columnar if settings.engine == "columnar" else _stage_items
+        records, staged = stage(settings, client, names, staging)
         identity = None if cluster is None else cluster.encode().decode()
-        manifest = Manifest(
-            from_shards=names.shards, to_shards=to_shards, identity=identity, records=records, keys=staged
-        )
+        manifest = Manifest(from_shards=names.shards, to_shards=to_shards, identity=identity, records=records,
+                            keys=staged, engine=settings.engine)  # fmt: skip
         if _check_at_rest(settings, client, names) != before:
             raise AppBusy(f"{names.changelog} changed while it was staged (a worker ran): nothing was changed")
         staging.write_manifest(manifest)
     finally:
         staging.close()
     return manifest
+
+
+def _changelog(settings: Settings, client: AdminClient, names: TopicNames) -> Iterator[Record]:
+    return kafka.read(settings, dict.fromkeys(kafka.partitions(client, [names.changelog])))
+
+
+def _stage_items(settings: Settings, client: AdminClient, names: TopicNames, staging: Staging) -> tuple[int, int]:
+    """The item engine's changelog, key by key under each key's new shard; the records read and the keys staged."""
+    records = 0
+    for row in _changelog(settings, client, names):
+        try:
+            staging.add(decode_changes(row.value or EMPTY_CHANGES), row.partition)
+        except (ValueError, msgspec.DecodeError) as exc:
+            raise _not_state(row, exc) from None
+        records += 1
+    staged = sum(len(chunk) for shard in range(staging.shards) for chunk in staging.chunks(shard, CHUNK_KEYS))
+    return records, staged
+
+
+def _stage_columnar(settings: Settings, client: AdminClient, names: TopicNames, staging: Staging) -> tuple[int, int]:
+    """The columnar engine's changelog replayed into one core, staged as each new shard's snapshot records."""
+    regroup = Regroup(core_for(settings, names))
+    for row in _changelog(settings, client, names):
+        if row.value is None:
+            continue
+        try:
+            regroup.add(row.value)
+        except (LayoutMismatch, ValueError, msgspec.DecodeError) as exc:
+            raise _not_state(row, exc) from None
+    for shard, records in regroup.records(staging.shards).items():
+        staging.put_records(shard, records)
+    return regroup.records_read, regroup.entities
+
+
+def _not_state(row: Record, exc: Exception) -> ConfigError:
+    return ConfigError(
+        f"{row.topic}[{row.partition}]@{row.offset} is no state this version can re-shard ({exc}); is "
+        f"STREAMGUARD_ENGINE the workers'? Nothing was changed"
+    )
 
 
 def _open_staging(directory: Path, shards: int) -> Staging:
@@ -195,7 +227,7 @@ def _rewrite(settings: Settings, client: AdminClient, names: TopicNames, manifes
     _recreate(client, [_with_replication(client, s) for s in internal])
     staging = _open_staging(directory, manifest.to_shards)
     try:
-        _write_changelog(settings, names.changelog, staging)
+        _write_changelog(settings, names.changelog, staging, manifest.engine)
     finally:
         staging.close()
     _reset_offsets(client, settings.app_id, names.shard_topic, manifest.to_shards)
@@ -249,8 +281,12 @@ def _wait(done: Callable[[], bool], what: str, names: list[str]) -> None:
         time.sleep(0.2)
 
 
-def _write_changelog(settings: Settings, changelog: str, staging: Staging) -> None:
-    """Each new shard's staged state as records of its changelog partition (puts only, so any order is right)."""
+def _write_changelog(settings: Settings, changelog: str, staging: Staging, engine: str) -> None:
+    """Each new shard's staged state as records of its changelog partition.
+
+    The item engine's as puts only, so any order is right; the columnar
+    engine's as staged, a snapshot whose first record replaces the shard.
+    """
     producer = Producer(kafka_config.reshard_writer(settings))
     failures: list[str] = []
 
@@ -259,9 +295,12 @@ def _write_changelog(settings: Settings, changelog: str, staging: Staging) -> No
             failures.append(str(err))
 
     for shard in range(staging.shards):
-        for chunk in staging.chunks(shard, CHUNK_KEYS):
-            for value in encode_changes(dict(chunk), MAX_RECORD_BYTES):
-                _produce(producer, changelog, value, shard, delivered)
+        if engine == "columnar":
+            values: Iterable[bytes] = staging.records(shard)
+        else:
+            values = (v for chunk in staging.chunks(shard, CHUNK_KEYS) for v in encode_changes(chunk, MAX_RECORD_BYTES))
+        for value in values:
+            _produce(producer, changelog, value, shard, delivered)
     if producer.flush(TIMEOUT_S) or failures:
         raise BrokerError(f"writing {changelog}: {failures[:1] or 'not delivered in time'}; run it again")
 

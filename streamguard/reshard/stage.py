@@ -1,4 +1,9 @@
-"""The re-sharded state on local disk: the old changelog replayed into one RocksDB, each key under its new shard.
+"""The re-sharded state on local disk: one RocksDB of what each new shard's changelog partition is to hold.
+
+The item engine's changelog is replayed into it key by key, each key under
+its new shard (`add`, then `chunks`); the columnar engine's state is staged
+as the records each new shard's partition gets (`put_records`, `records`,
+made by `reshard.columnar`).
 
 Between the moment `run` deletes the old changelog and the moment the new one
 is written, this is the only copy of the app's state: it stays on disk until
@@ -41,7 +46,8 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     to_shards: int
     identity: str | None  # the cluster's identity record before re-sharding (JSON), if it had one
     records: int  # changelog records replayed
-    keys: int  # state keys staged
+    keys: int  # state keys staged (the item engine's), or entities (the columnar engine's)
+    engine: str = "item"  # whose state: how the staging is written back
 
 
 class Staging:
@@ -80,6 +86,18 @@ class Staging:
         chunk.update(self._lowest_shard_state())
         if chunk:
             yield chunk
+
+    def put_records(self, shard: int, records: list[bytes]) -> None:
+        """New `shard`'s changelog records as they are to be written, in order (the columnar engine's state)."""
+        batch = WriteBatch(raw_mode=True)
+        for i, record in enumerate(records):
+            batch.put(_prefix(shard) + i.to_bytes(4, "big"), record)
+        self._db.write(batch)
+
+    def records(self, shard: int) -> Iterator[bytes]:
+        """What `put_records` staged for `shard`, in order."""
+        for _, value in self._range(_prefix(shard), _prefix(shard + 1)):
+            yield value
 
     def _lowest_shard_state(self) -> Changes:
         """Each key of the old shards' own state, with its lowest value among them (all are u64 times)."""

@@ -210,11 +210,13 @@ class Stack:
     # The tests' apps have the 6 shards every app had before the count was a setting: fewer stores and
     # partitions per worker on a small machine (test_topics and test_reshard create other counts).
     shards: int = 6
+    engine: str = ""  # the workers' STREAMGUARD_ENGINE, for a test of one engine; else the environment's
 
     def env(self) -> dict[str, str]:
         extra = {"STREAMGUARD_FEATURES_TOPIC": "features"} if self.features else {}
-        if os.environ.get("STREAMGUARD_ENGINE"):  # the whole suite on another engine, the verifier's checks too
-            extra["STREAMGUARD_ENGINE"] = os.environ["STREAMGUARD_ENGINE"]
+        engine = self.engine or os.environ.get("STREAMGUARD_ENGINE")  # the whole suite on another engine
+        if engine:
+            extra["STREAMGUARD_ENGINE"] = engine
         return {
             **extra,
             "STREAMGUARD_BOOTSTRAP": self.broker.bootstrap,

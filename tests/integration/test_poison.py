@@ -5,7 +5,7 @@ A valid event whose processing raises goes to the dead letters
 process never restarting. No input makes deciding raise any more (the one
 that did, an amount over 64 bits, is now a `schema` dead letter: tested here
 too), so the failure is injected by the test: the worker is started through a
-launcher that patches the detector and the features to raise for given event
+launcher that patches the detector and the batch core's columns to raise for given event
 ids, and otherwise runs `streamguard worker` unchanged. Production code has
 no hook for it.
 """
@@ -30,15 +30,16 @@ from tests.integration.harness import Stack, Worker, free_port, make_events
 
 pytestmark = pytest.mark.integration
 
-# argv: the id whose decision raises, the id whose counting per IP raises, then the CLI's arguments.
+# argv: the id whose decision raises, the id whose columns raise (the batch core's Python per event), then the
+# CLI's arguments. The first is made to fire a rule, so that it goes through the detector as a fired event does.
 LAUNCHER = """
 import sys
 
-from streamguard.features.table import EntityFeatures
+from streamguard.columnar import core
 from streamguard.verdicts import Detector
 
-decide_fails, apply_fails = sys.argv[1], sys.argv[2]
-decide, apply = Detector.decide, EntityFeatures.apply
+decide_fails, columns_fail = sys.argv[1], sys.argv[2]
+decide, evaluate, columns_of = Detector.decide, core.evaluate_rules, core.columns_of
 
 
 def failing_decide(self, event, *args):
@@ -47,20 +48,27 @@ def failing_decide(self, event, *args):
     return decide(self, event, *args)
 
 
-def failing_apply(self, store, eid, digest, event, *args):
-    if event.event_id == apply_fails and eid == "ip":
-        raise ZeroDivisionError(f"injected into counting {event.event_id}")
-    return apply(self, store, eid, digest, event, *args)
+def firing_evaluate(program, kind, events, *args):
+    evaluated = evaluate(program, kind, events, *args)
+    for j, event in enumerate(events):
+        evaluated.fired_any[j] |= event.event_id == decide_fails
+    return evaluated
 
 
-Detector.decide, EntityFeatures.apply = failing_decide, failing_apply
+def failing_columns(events, *args):
+    if any(event.event_id == columns_fail for event in events):
+        raise ZeroDivisionError(f"injected into the columns of {columns_fail}")
+    return columns_of(events, *args)
+
+
+Detector.decide, core.evaluate_rules, core.columns_of = failing_decide, firing_evaluate, failing_columns
 from streamguard.cli import main
 
 sys.exit(main(sys.argv[3:]))
 """
 
 
-def _start_failing_worker(stack: Stack, decide_fails: str, apply_fails: str, name: str = "w1") -> Worker:
+def _start_failing_worker(stack: Stack, decide_fails: str, columns_fail: str, name: str = "w1") -> Worker:
     """A worker as `Stack.start_worker` starts one, through `LAUNCHER`."""
     port = free_port()
     log = stack.workdir / f"{name}.log"
@@ -71,7 +79,7 @@ def _start_failing_worker(stack: Stack, decide_fails: str, apply_fails: str, nam
         "STREAMGUARD_DATA_DIR": str(stack.workdir / name),
     }
     with log.open("ab") as out:
-        command = [sys.executable, "-c", LAUNCHER, decide_fails, apply_fails, "worker"]
+        command = [sys.executable, "-c", LAUNCHER, decide_fails, columns_fail, "worker"]
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     worker = Worker(process, port, log)
     stack.workers.append(worker)
@@ -109,8 +117,8 @@ def _record_at(stack: Stack, topic: bytes, partition: bytes, offset: bytes) -> b
 def test_an_event_whose_processing_raises_is_dead_lettered_and_the_stream_goes_on(stack: Stack, workers: int):
     before, after = make_events(300, "before"), make_events(300, "after")
     now = int(time.time() * 1000)
-    poison = {"poison-decide": _event("poison-decide", 1, now), "poison-apply": _event("poison-apply", 2, now)}
-    running = [_start_failing_worker(stack, "poison-decide", "poison-apply", f"w{i + 1}") for i in range(workers)]
+    poison = {"poison-decide": _event("poison-decide", 1, now), "poison-columns": _event("poison-columns", 2, now)}
+    running = [_start_failing_worker(stack, "poison-decide", "poison-columns", f"w{i + 1}") for i in range(workers)]
     _wait_for(lambda: sorted(s for w in running for s in w.stats()["shards"]) == list(range(6)))
     pids = [w.process.pid for w in running]
     stack.produce((t, k, v) for t, k, v, _ in before[:150])
@@ -118,32 +126,33 @@ def test_an_event_whose_processing_raises_is_dead_lettered_and_the_stream_goes_o
     stack.produce((t, k, v) for t, k, v, _ in before[150:])
     reader = stack.reader()
     reader.read_until(len(before), 2)
-    stack.produce(poison.values())  # re-sent: already decided, they get nothing more
+    # Re-sent: the event whose decision raised was counted and is remembered, so it gets nothing more; the
+    # one whose columns raised was neither, so it is tried again (and here fails again).
+    stack.produce(poison.values())
     stack.produce((t, k, v) for t, k, v, _ in after)
-    reader.read_until(len(before) + len(after), 2, settle=5)
+    reader.read_until(len(before) + len(after), 3, settle=5)
 
     ids = [v["event_id"] for v in reader.verdicts]
     assert sorted(ids) == sorted(e[3] for e in before + after), "exactly one verdict per other event"
     assert not set(poison) & set(ids)
-    assert len(reader.deadletters) == 2
-    by_key = {msg.key(): msg for msg in reader.deadletters}
-    assert set(by_key) == {b"poison-decide", b"poison-apply"}
-    for key, kind in ((b"poison-decide", b"RuntimeError: "), (b"poison-apply", b"ZeroDivisionError: ")):
-        dead = by_key[key]
+    by_id = {json.loads(msg.value())["event_id"]: msg for msg in reader.deadletters}
+    assert len(reader.deadletters) == 3 and set(by_id) == set(poison)
+    for event_id, kind in (("poison-decide", b"RuntimeError: "), ("poison-columns", b"ZeroDivisionError: ")):
+        dead, (_, key, value) = by_id[event_id], poison[event_id]
+        assert (dead.key(), dead.value()) == (key, value), "the input record's own key and bytes"
         headers = dict(dead.headers())
         assert headers["sg-error"] == b"processing_error"
         assert headers["sg-error-detail"].startswith(kind)
         assert headers["sg-source-topic"] == stack.topic("events.login").encode()
         source = (headers["sg-source-topic"], headers["sg-source-partition"], headers["sg-source-offset"])
-        assert _record_at(stack, *source) == poison[key.decode()][2], "the headers name the event's input record"
-        assert json.loads(dead.value())["event_id"] == key.decode()  # the event as validated
+        assert _record_at(stack, *source) == value, "the headers name the event's input record"
 
     assert [w.process.poll() for w in running] == [None] * workers, "no worker stopped"
     assert [w.process.pid for w in running] == pids, "no worker restarted"
-    _wait_for(lambda: sum(w.stats()["processing_errors"] for w in running) == 2)
-    assert sum(w.stats()["deadletters"].get("processing_error", 0) for w in running) == 2
+    _wait_for(lambda: sum(w.stats()["processing_errors"] for w in running) == 3)
+    assert sum(w.stats()["deadletters"].get("processing_error", 0) for w in running) == 3
     log = "".join(w.log.read_text() for w in running)
-    assert log.count("raised RuntimeError") == 1 and log.count("raised ZeroDivisionError") == 1, "logged once each"
+    assert log.count("raised RuntimeError") == 1 and log.count("raised ZeroDivisionError") == 2, "logged each time"
     assert "injected into" not in log and "acct_1" not in log, "the exception's message stays out of the log"
     assert "Traceback (most recent call last)" not in log and "engine stopped" not in log
     reader.close()

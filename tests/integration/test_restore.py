@@ -186,7 +186,8 @@ def _dedup_ids(data_dir: Path) -> int:
     return total
 
 
-def test_a_worker_whose_changelog_no_longer_reaches_its_checkpoints_rebuilds_and_says_so(stack: Stack):
+def test_an_item_worker_whose_changelog_no_longer_reaches_its_checkpoints_rebuilds_and_says_so(stack: Stack):
+    stack.engine = "item"  # its local stores survive the changelog: the columnar engine's state is the changelog
     first, second, third = make_events(300, "rst-a"), make_events(300, "rst-b"), make_events(300, "rst-c")
     resent = first[:10] + second[:10]
     reader = stack.reader()
@@ -239,4 +240,27 @@ def test_a_worker_whose_changelog_no_longer_reaches_its_checkpoints_rebuilds_and
     # but the re-sent ones.
     assert _dedup_ids(stack.workdir / "w1") == len(third) + len(resent)
     assert {json.loads(v)["event_id"] for _, _, v, _ in third} <= set(counts)
+    reader.close()
+
+
+def test_a_columnar_worker_whose_changelog_no_longer_reaches_its_snapshots_starts_from_what_is_left(stack: Stack):
+    """State lost with the changelog is gone (the worker holds it in memory only); what comes after is decided."""
+    stack.engine = "columnar"
+    first, second = make_events(300, "rsc-a"), make_events(300, "rsc-b")
+    reader = stack.reader()
+    w1 = stack.start_worker("w1")
+    _send(stack, first)
+    reader.read_until(300, settle=0)
+    assert w1.terminate() == 0
+
+    _delete_all(stack, _changelog(stack))  # its snapshots included, while no worker runs
+    w1 = stack.start_worker("w1")
+    _send(stack, first[:10] + second)
+    reader.read_until(610)
+    assert w1.terminate() == 0
+    gaps = [line for line in w1.log.read_text().splitlines() if "no longer reaches this store's checkpoint" in line]
+    assert len(gaps) == SHARDS and all("WARNING" in line for line in gaps)
+    counts = Counter(v["event_id"] for v in reader.verdicts)
+    assert all(counts[e[3]] == 2 for e in first[:10]), "decided again: the ids remembered went with the changelog"
+    assert all(counts[e[3]] == 1 for e in first[10:] + second) and len(reader.verdicts) == 610
     reader.close()

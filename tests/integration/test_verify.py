@@ -70,7 +70,7 @@ def test_verify_passes_a_clean_run_and_fails_on_an_extra_verdict_and_an_open_tra
     assert v1.counts["valid records"] == len(events) + 15 + len(probes) and v1.counts["either"] == 1
     assert v1.counts["verdicts"] == v1.counts["distinct valid ids"] in (len(events) + len(probes) + i for i in (0, 1))
     assert v2.counts["invalid records"] == len(BAD) and v2.counts["dead letters"] in (len(BAD), len(BAD) + 1)
-    assert v6.counts["compared"] == 6 and v6.counts["keys"] > 0
+    assert v6.counts["shards"] == 6 and v6.counts["entities"] > 0
     specs = [s for s in load_features(settings.allowed_lateness_ms) if s.entity in PROBE_READS]
     v5 = check_probe_features(settings, [p[3] for p in probes], specs)
     assert v5.passed and v5.counts["values compared"] == len(probes) * len(specs), v5.format()
@@ -100,7 +100,7 @@ def test_verify_passes_a_clean_run_and_fails_on_an_extra_verdict_and_an_open_tra
 
 
 def test_verify_passes_after_two_workers_one_leaving_mid_stream(stack: Stack):
-    """Shards records between workers end their partitions with commit markers (V4 allows them); stores moved (V6)."""
+    """Shards records between workers end their partitions with commit markers (V4 allows them); V6 restores all."""
     events = make_events(2000, "verify2")
     one, two = stack.start_worker("w1"), stack.start_worker("w2")
     stack.produce((t, k, v) for t, k, v, _ in events[:1000])
@@ -111,5 +111,5 @@ def test_verify_passes_after_two_workers_one_leaving_mid_stream(stack: Stack):
     reader.read_until(len(events), settle=1)
     assert two.terminate() == 0
     report = verify(load(stack.env()), [stack.workdir / "w1", stack.workdir / "w2"])
-    assert report.passed and report["V6"].counts["compared"] == 6, report.format()
+    assert report.passed and report["V6"].counts["shards"] == 6, report.format()
     assert report["V4"].counts["partitions"] == 36
