@@ -5,7 +5,9 @@ No logic lives here; see `pipeline.engine` for the event path.
 
 from __future__ import annotations
 
+import logging
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import faust
 
 from streamguard.columnar.core import core_for
 from streamguard.columnar.hashing import ColumnHashes
+from streamguard.columnar.warm import warm_up
 from streamguard.features.spec import FeatureSpec, load_features
 from streamguard.features.table import EntityFeatures
 from streamguard.kernels import checks, window
@@ -31,6 +34,8 @@ from streamguard.state.lock import lock_data_dir
 from streamguard.topics.identity import app_topics, join_cluster
 from streamguard.topics.names import TopicNames
 from streamguard.verdicts import Detector
+
+log = logging.getLogger(__name__)
 
 
 def worker_id(data_dir: Path) -> str:
@@ -94,6 +99,9 @@ def _engine(
     features = EntityFeatures(specs, settings.allowed_lateness_ms)
     lifetimes = state_lifetimes(features, settings.dedup_retention_s * 1000)
     if settings.engine == "columnar":
+        started = time.perf_counter()
+        warm_up(lambda: core_for(settings, names), names)  # numba's compilations, before any event
+        log.info("the batch core's kernels are ready (%.1f s)", time.perf_counter() - started)
         columnar = Detector(Program(load_ruleset(specs), specs), ColumnHashes(key))
         engine = ColumnarEngine(settings, names, lambda: core_for(settings, names, columnar), lifetimes, worker)
         return engine, columnar

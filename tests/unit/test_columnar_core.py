@@ -22,7 +22,8 @@ from streamguard.rules.program import Program
 from streamguard.rules.spec import Condition, Decision, Rule, Ruleset, load_ruleset
 from streamguard.settings import Settings
 from streamguard.verdicts import Detector
-from tests.local import LATENESS_MS, NAMES, LocalPipeline
+from tests.item_pipeline import ItemPipeline
+from tests.local import LATENESS_MS, NAMES
 
 T0 = 1_790_000_000_000
 HASHES = ColumnHashes(b"columnar-core-test-key")
@@ -62,7 +63,7 @@ def test_verdicts_equal_the_item_pipeline_on_demo_traffic(tmp_path: Path):
         got |= _decoded(output.outs)
         dead += sum(1 for o in output.outs if o.topic == NAMES.deadletter)
         i += size
-    pipeline = LocalPipeline(tmp_path, features_topic=False)
+    pipeline = ItemPipeline(tmp_path, features_topic=False)
     expected = {}
     try:
         for record in records:

@@ -1,13 +1,13 @@
 """Every attack family on small hand-written sequences, and the normal life that must pass.
 
-Each test plays events through the whole shard work (features, rules, verdict)
-in one process with the default ruleset; see tests/local.py.
+Each test plays events through the batch core (features, rules, verdict) in
+one process, by the in-memory driver, with the default ruleset; see
+tests/local.py.
 """
 
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import orjson
 import pytest
@@ -26,10 +26,8 @@ def eid() -> str:
 
 
 @pytest.fixture
-def pipe(tmp_path: Path):
-    local = LocalPipeline(tmp_path, features_topic=False)  # as a worker runs by default
-    yield local
-    local.close()
+def pipe() -> LocalPipeline:
+    return LocalPipeline(features_topic=False)  # as a worker runs by default
 
 
 def families(verdict: dict) -> set[str]:

@@ -17,7 +17,7 @@ from streamguard.state import keys
 from streamguard.state.dedup import RecentIds
 from streamguard.state.layout import adopt_state_dir
 from streamguard.state.store import PartitionStore, StoreOptions
-from tests.local import LATENESS_MS, NAMES, PSEUDO, LocalPipeline
+from tests.item_pipeline import LATENESS_MS, NAMES, PSEUDO, ItemPipeline
 
 T0 = 1_790_000_000_000
 
@@ -27,7 +27,7 @@ def _sharded_state(tmp_path: Path, settle: bool) -> dict[int, dict[bytes, bytes]
 
     `settle` False stops after the decide step: the events stay parked, waiting for their entities.
     """
-    local = LocalPipeline(tmp_path / "unused")
+    local = ItemPipeline(tmp_path / "unused")
     cache = Cache(1 << 20)
     stores = {s: PartitionStore(tmp_path / f"shard-{s}", StoreOptions().to_options(cache)) for s in range(NAMES.shards)}
     recent = {s: RecentIds(store, 3_600_000) for s, store in stores.items()}

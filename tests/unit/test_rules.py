@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -13,7 +12,7 @@ from streamguard.features.spec import load_features
 from streamguard.rules.lists import ListError, Lists
 from streamguard.rules.program import Program
 from streamguard.rules.spec import Ruleset, RulesetError, default_path, load_ruleset, parse_ruleset
-from tests.local import PSEUDO, LocalPipeline
+from tests.local import HASHES, LocalPipeline
 
 T0 = 1_790_000_000_000
 FEATURES = load_features(300_000)
@@ -78,7 +77,7 @@ def test_the_default_file_lives_beside_the_features():
 
 
 def test_list_keys_and_values_are_checked():
-    lists = Lists(PSEUDO)
+    lists = Lists(HASHES)
     for key in [b"block:ip", b"ban:ip:1.2.3.4", b"block:planet:mars", b"block:ip:", None]:
         with pytest.raises(ListError, match="<list>:<entity>:<value>"):
             lists.apply(key, b"", T0)
@@ -92,10 +91,8 @@ def test_list_keys_and_values_are_checked():
 
 
 @pytest.fixture
-def pipe(tmp_path: Path):
-    local = LocalPipeline(tmp_path)
-    yield local
-    local.close()
+def pipe() -> LocalPipeline:
+    return LocalPipeline()
 
 
 def _login(i: int, ip: str = "36.8.8.8", account: str = "alice") -> LoginEvent:

@@ -17,19 +17,19 @@ from streamguard.events import DeadLetterHeader as H
 from streamguard.pipeline.records import Outgoing
 from streamguard.pipeline.shard import FINGERPRINT_MEMORY_MS, Result
 from streamguard.state import keys
-from tests.local import NAMES, PSEUDO, LocalPipeline
+from tests.item_pipeline import NAMES, PSEUDO, ItemPipeline
 
 T0 = 1_790_000_000_000
 
 
 @pytest.fixture
 def pipeline(tmp_path: Path):
-    local = LocalPipeline(tmp_path)
+    local = ItemPipeline(tmp_path)
     yield local
     local.close()
 
 
-def _values(pipeline: LocalPipeline, event) -> dict:
+def _values(pipeline: ItemPipeline, event) -> dict:
     return pipeline.run(event, T0)["features"]
 
 
@@ -53,7 +53,7 @@ def test_a_fingerprint_is_learnt_followed_through_a_device_id_reset_and_forgotte
 # --- an event whose processing raises goes to the dead letters; the others go on ---------------------
 
 
-def _decide(pipeline: LocalPipeline, events: list, offsets: dict[str, int] | None = None) -> Result:
+def _decide(pipeline: ItemPipeline, events: list, offsets: dict[str, int] | None = None) -> Result:
     """Decide `events` as one batch (read on partition 4, at `offsets` by id, else 0); what came of it."""
     offsets = offsets or {}
     result = Result()
