@@ -43,6 +43,11 @@ class Child:
                 return int(line.split()[1]) * 1024
         raise StreamguardError(f"no VmHWM in /proc/{self.process.pid}/status")
 
+    def cpu_seconds(self) -> float:
+        """The CPU time it has used so far, user and system (`/proc/<pid>/stat`), while it still runs."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14-15
+
     def stop(self, timeout_s: float = 60.0) -> int:
         """SIGTERM, wait; SIGKILL if it does not go in time. Its exit code."""
         if self.process.poll() is None:

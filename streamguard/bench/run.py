@@ -6,8 +6,12 @@ and reads its output as it comes (see `outputs`): the raw pass-through, the
 Quix peer, the Kafka Streams peer (unless it has no events), then the
 worker. The worker stays up for the latency runs at 25%, 50% and 75% of its
 measured throughput, then its memory, state and stalls are read and it is
-stopped. Last, the exactly-once floor (`floor`) runs at
-the same loads: the latency of the worker's transactions with no work in them.
+stopped. A new worker then starts on the same app (its data directory new):
+how long it takes to be ready, and how fast it restored the state. Then two
+workers drain the same number of events on an app of their own: their
+events/s, and their CPU per event against the one worker's. Last, the
+exactly-once floor (`floor`) runs at the same loads: the latency of the
+worker's transactions with no work in them.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import platform
 import secrets
 import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +33,9 @@ from confluent_kafka.admin import AdminClient
 from streamguard.bench import kstreams_env, latency, outputs, peer_spec, quix_env, topics, traffic
 from streamguard.bench.entities import EntityCensus
 from streamguard.bench.processes import Child, start
-from streamguard.bench.report import METHODS, PathResult, Report
+from streamguard.bench.report import METHODS, PathResult, Report, Restart
 from streamguard.bench.worker import BenchWorker, start_worker
+from streamguard.errors import StreamguardError
 from streamguard.features.spec import FeatureSpec, load_features
 from streamguard.settings import Settings
 from streamguard.topics import admin
@@ -201,11 +207,12 @@ def _worker_and_latency(
     census = EntityCensus(features)
     sent = _produce("worker", settings, prefix, options.events, options, census.observe)
     consumer = outputs.reader(settings, topics.verdict_topics(prefix), f"{prefix}reader")
-    worker = start_worker(
-        _worker_env(settings, prefix, app_id), workdir / "worker", _free_port(), workdir / "worker.log"
-    )
+    env = _worker_env(settings, prefix, app_id)
+    worker = start_worker(env, workdir / "worker", _free_port(), workdir / "worker.log")
     try:
+        cpu = worker.child.cpu_seconds()
         drained = outputs.drain(consumer, sent.owed, worker.child.check_alive, options.idle_timeout_s)
+        cpu = worker.child.cpu_seconds() - cpu
         outputs.settle(consumer, drained, SETTLE_S)
         consumer.close()
         paths["worker"] = _result("worker", sent, drained, worker.child.peak_rss_bytes())
@@ -215,10 +222,68 @@ def _worker_and_latency(
         stats, rss = worker.stats(), worker.child.peak_rss_bytes()
     finally:
         worker.child.stop()
+    restart = _restart(env, workdir)
+    paths["2 workers"], cpu_two = _two_workers(settings, client, run_id, options, workdir)
     floor = _floor_latency(settings, client, run_id, throughput, options, workdir)
     report = _report(settings, options, paths, levels, floor, rss, worker, stats, census)
+    report.restart = restart
+    report.cpu_per_event_two_over_one = round(cpu_two / cpu, 3) if cpu > 0 else None
     report.judge()
     return report
+
+
+def _restart(env: dict[str, str], workdir: Path) -> Restart:
+    """A new worker on the app the worker left (a new data directory): ready when, and its restore's rate."""
+    started = time.monotonic()
+    again = start_worker(env, workdir / "worker-again", _free_port(), workdir / "worker-again.log")
+    ready_s = time.monotonic() - started
+    try:
+        entities, seconds = again.restored()
+    finally:
+        again.child.stop()
+    restart = Restart(ready_s=round(ready_s, 2), entities=entities, restore_s=seconds)
+    print(f"bench restart: ready in {ready_s:.1f} s, {entities:,} entities restored in {seconds:.2f} s", flush=True)
+    return restart
+
+
+def _two_workers(
+    settings: Settings, client: AdminClient, run_id: str, options: BenchOptions, workdir: Path
+) -> tuple[PathResult, float]:
+    """Two workers, their shards split, drain the worker's number of events; the result, their CPU seconds."""
+    prefix, app_id = f"{run_id}v-", f"{run_id}v"
+    topics.create_worker_topics(client, prefix, app_id)
+    env = _worker_env(settings, prefix, app_id)
+    pair = [start_worker(env, workdir / f"pair-{i}", _free_port(), workdir / f"pair-{i}.log") for i in (1, 2)]
+    try:
+        _wait_for_split(pair, options.idle_timeout_s)
+        cpu = sum(w.child.cpu_seconds() for w in pair)
+        sent = _produce("2 workers", settings, prefix, options.events, options)
+        consumer = outputs.reader(settings, topics.verdict_topics(prefix), f"{prefix}reader")
+
+        def check_alive() -> None:
+            for w in pair:
+                w.child.check_alive()
+
+        drained = outputs.drain(consumer, sent.owed, check_alive, options.idle_timeout_s)
+        cpu = sum(w.child.cpu_seconds() for w in pair) - cpu
+        outputs.settle(consumer, drained, SETTLE_S)
+        consumer.close()
+        rss = max(w.child.peak_rss_bytes() for w in pair)
+    finally:
+        for w in pair:
+            w.child.stop()
+    return _result("2 workers", sent, drained, rss), cpu
+
+
+def _wait_for_split(pair: list[BenchWorker], timeout_s: float) -> None:
+    """Until each worker holds some shards and, together, each shard once (the second's join has settled)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        held = [w.stats()["shards"] for w in pair]
+        if all(held) and sorted(sum(held, [])) == list(range(len(sum(held, [])))) and not set(held[0]) & set(held[1]):
+            return
+        time.sleep(0.3)
+    raise StreamguardError(f"the two workers did not split the shards in {timeout_s:.0f} s")
 
 
 def _floor_latency(

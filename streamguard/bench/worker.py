@@ -24,6 +24,7 @@ from streamguard.errors import StreamguardError
 READY_TIMEOUT_S = 180.0
 STALL_MS = 300.0
 _LATE_TIMER = re.compile(r"woke up too late, with a drift of \+([0-9.]+)")
+_RESTORED = re.compile(r"hold (\d+) entities after their restore in ([0-9.]+) s")
 
 
 @dataclass
@@ -72,6 +73,11 @@ class BenchWorker:
             max_drift_ms=max(drifts, default=0.0),
             max_stall_ms=None if reported is None else float(reported),
         )
+
+    def restored(self) -> tuple[int, float]:
+        """The entities its restores rebuilt and the seconds they took, from its log (the columnar engine's line)."""
+        found = [(int(m[1]), float(m[2])) for m in _RESTORED.finditer(self.child.log.read_text(errors="replace"))]
+        return sum(e for e, _ in found), sum(s for _, s in found)
 
     def state_bytes(self) -> int:
         """Bytes on disk of its RocksDB stores (`<data dir>/state`)."""

@@ -52,9 +52,15 @@ def test_a_smoke_bench_measures_every_path_and_writes_the_report(broker: Broker,
             assert level["verdicts"] == level["sent"] > 0, level
             assert 0 < level["p50_ms"] <= level["p99_ms"] <= level["p999_ms"] <= level["max_ms"], level
 
+    two = report["paths"]["2 workers"]
+    assert (two["events"], two["missing"], two["extra"]) == (1500, 0, 0)
+    assert report["cpu_per_event_two_over_one"] > 0 and report["ratios"]["2 workers/worker"] > 0
+    restart = report["restart"]
+    assert restart["ready_s"] > 0 and restart["entities"] > 0 and restart["entities_per_s"] > 0, restart
     assert report["worker_peak_rss_bytes"] > 0
     assert report["state"]["bytes"] > 0 and report["state"]["entities"] > 0 and report["state"]["bytes_per_entity"] > 0
     assert all(report["ratios"][r] > 0 for r in ("worker/raw", "worker/quix", "worker/kstreams"))
-    assert {t["name"] for t in report["targets"]} >= {"worker / kstreams throughput", "p99 at 50% load (ms)"}
+    names = {t["name"] for t in report["targets"]}
+    assert names >= {"worker / kstreams throughput", "p99 at 50% load / the floor's", "restore (entities/s)"}
     assert all(isinstance(t["passed"], bool) for t in report["targets"])
-    assert all(text in result.stdout for text in ("worker/kstreams = ", "exactly-once floor", "targets:"))
+    assert all(text in result.stdout for text in ("worker/kstreams = ", "exactly-once floor", "targets:", "restarted"))
