@@ -6,7 +6,9 @@ fingerprint links learned, each with its time; and the events decided there
 that wait for other shards (`pending`: their input record, type, values read
 so far, hashes and answer bits), with the keys of those decided since. A
 snapshot holds all of the shard and replaces what a state had of it.
-Restore is the last snapshot, then every change after it, in order.
+Restore is the last snapshot, then every change after it: applied together
+(`apply_records`), as if in order, each entity loaded once from its newest
+copy.
 
 Every record carries the layout's fingerprint: applied to state of another
 layout (a feature added or changed, another hash key or packing), it is
@@ -25,7 +27,7 @@ import numpy as np
 from streamguard.codec import MAX_RECORD_BYTES
 from streamguard.columnar.hashing import DELETED, LAYOUT_VERSION, ColumnHashes
 from streamguard.columnar.layout import Layout
-from streamguard.columnar.pack import shard_of_keys
+from streamguard.columnar.pack import newest_entities, shard_of_keys
 from streamguard.columnar.state import ColumnarState, load, packed
 from streamguard.columnar.tables import (
     IDS_USED,
@@ -265,23 +267,50 @@ def _runs(ends: np.ndarray, limit: int) -> list[tuple[int, int]]:
     return runs
 
 
-def apply_record(state: ColumnarState, record: ShardRecord, shards: int) -> None:
-    """Apply a record's entities, expiries and memos to `state` (a snapshot first forgets what it had of the shard)."""
-    if record.snapshot:
+def apply_records(state: ColumnarState, records: list[ShardRecord], shards: int) -> None:
+    """Apply one shard's records, in changelog order, to `state`: as if one at a time, each entity loaded once.
+
+    Records hold whole entities, so only an entity's newest copy counts:
+    `pack.newest_entities` finds it, going back from the newest record to
+    the last snapshot (which replaces whatever came before it, so the
+    replay starts there). Entities then expired and not made again are
+    forgotten; the event ids and fingerprints go in changelog order.
+    """
+    if not records:
+        return
+    start = max((i for i, record in enumerate(records) if record.snapshot), default=0)
+    records = records[start:]
+    if records[0].snapshot:
         gone = np.zeros(shards, np.bool_)
-        gone[record.shard] = True
+        gone[records[0].shard] = True
         forget_shards(state, gone)
+    words, expired = _newest(state, records)
     kinds = state.layout.kind_arrays
     forget_entities(state.entities, state.pool, state.layout.arrays, kinds.features, kinds.first,
-                    int(kinds.ring_stride[0]), np.frombuffer(record.expired, np.uint64))  # fmt: skip
-    load(state, np.frombuffer(record.entities, np.int64).copy())
-    ids = np.frombuffer(record.ids, np.uint64)
-    half = ids.shape[0] // 2
-    state.ids = _put(state.ids, ids[:half], np.zeros(half, np.uint64), ids[half:].view(np.int64))
-    links = np.frombuffer(record.links, np.uint64)
-    third = links.shape[0] // 3
-    state.links = _put(state.links, links[:third], links[third : 2 * third], links[2 * third :].view(np.int64))
-    state.newest_ts = max(state.newest_ts, record.newest_ts)
+                    int(kinds.ring_stride[0]), expired)  # fmt: skip
+    load(state, words)
+    for record in records:
+        ids = np.frombuffer(record.ids, np.uint64)
+        half = ids.shape[0] // 2
+        state.ids = _put(state.ids, ids[:half], np.zeros(half, np.uint64), ids[half:].view(np.int64))
+        links = np.frombuffer(record.links, np.uint64)
+        third = links.shape[0] // 3
+        state.links = _put(state.links, links[:third], links[third : 2 * third], links[2 * third :].view(np.int64))
+        state.newest_ts = max(state.newest_ts, record.newest_ts)
+
+
+def _newest(state: ColumnarState, records: list[ShardRecord]) -> tuple[np.ndarray, np.ndarray]:
+    """The newest copy of each entity the records hold (packed words), and the keys expired after theirs."""
+    words = np.frombuffer(b"".join(r.entities for r in records), np.int64)
+    expired = np.frombuffer(b"".join(r.expired for r in records), np.uint64)
+    word_ends = np.cumsum([len(r.entities) // 8 for r in records], dtype=np.int64)
+    expired_ends = np.cumsum([len(r.expired) // 8 for r in records], dtype=np.int64)
+    keys = words.shape[0] // 3 + expired.shape[0]  # an entity packs to 3 words at least
+    seen = np.zeros(1 << max(4, int(2 * keys + 1).bit_length()), np.uint64)
+    out, gone = np.empty(words.shape[0], np.int64), np.empty(expired.shape[0], np.uint64)
+    n, m = newest_entities(state.layout.arrays, state.layout.kind_arrays, words, word_ends, expired, expired_ends,
+                           seen, out, gone)  # fmt: skip
+    return out[:n], gone[:m]
 
 
 def forget_shards(state: ColumnarState, gone: np.ndarray) -> None:

@@ -166,17 +166,27 @@ class BatchCore:
             records[shard] = held[:-1] + changes.fill(held[-1], changes.pending_pieces(rows, np.empty(0, np.uint64)))
         return {shard: [changes.encode(record) for record in held] for shard, held in records.items()}
 
-    def restore(self, record: bytes) -> None:
-        """Apply a record of `take_changes` or `snapshot` (`LayoutMismatch` if made under another layout)."""
+    def decode(self, record: bytes) -> ShardRecord:
+        """A record of `take_changes` or `snapshots`, for `restore` (`LayoutMismatch` if made under another layout)."""
+        return changes.decode(record, self.fingerprint)
+
+    def restore(self, records: list[ShardRecord]) -> None:
+        """Apply one shard's records, in changelog order: its entities, memos and pending events as they committed."""
+        if len({record.shard for record in records}) > 1:
+            raise ValueError("records of one shard at a time: a snapshot replaces only its own shard")
         shards = self._names.shards
-        decoded = changes.decode(record, self.fingerprint)
-        changes.apply_record(self.state, decoded, shards)
+        changes.apply_records(self.state, records, shards)
+        start = max((i for i, record in enumerate(records) if record.snapshot), default=0)
+        for record in records[start:]:
+            self._restore_pending(record, shards)
+
+    def _restore_pending(self, record: ShardRecord, shards: int) -> None:
         keys = self.pending.keys()
-        if decoded.snapshot:
-            self.pending.forget(keys[shard_of_keys(keys, shards) == decoded.shard])
-        self.pending.forget(np.frombuffer(decoded.done, np.uint64))
+        if record.snapshot:
+            self.pending.forget(keys[shard_of_keys(keys, shards) == record.shard])
+        self.pending.forget(np.frombuffer(record.done, np.uint64))
         _, hash_columns, features = self._widths
-        rows = PendingRows.from_bytes(decoded.pending, decoded.pending_rows, features, hash_columns)
+        rows = PendingRows.from_bytes(record.pending, record.pending_rows, features, hash_columns)
         self.pending.forget(rows.hashes[:, -1])  # replaced by what the record has of them
         sources = [Incoming(*source) for source in rows.sources]
         events = [decode_event(s.value, self._type_of[s.topic], RESTORE_NOW_MS) for s in sources]

@@ -94,8 +94,7 @@ class Cluster:
         for shard in shards:
             log = self.changelog[shard]
             last = max((i for i, (is_snapshot, _) in enumerate(log) if is_snapshot), default=0)
-            for _, record in log[last:]:
-                core.restore(record)
+            core.restore([core.decode(record) for _, record in log[last:]])
         return core
 
     def _aligner(self, inputs: list[Partition]) -> Aligner:

@@ -15,7 +15,7 @@ import numpy as np
 from numba import uint64
 
 from streamguard.columnar.count import ROOM_OK, _entity_of, _short_of_room, _take
-from streamguard.columnar.jit import kernel
+from streamguard.columnar.jit import inline, kernel
 from streamguard.columnar.tables import (
     BLOCK,
     BLOCKS_FREE,
@@ -225,9 +225,72 @@ def _unpack_distinct(e, pool, features, f, entity, words, w) -> int:
     return w
 
 
+@kernel
+def newest_entities(features, kinds, words, word_ends, expired, expired_ends, seen, out, gone):
+    """Of records in changelog order, each entity's newest copy and the keys expired after their newest copy.
+
+    Record r holds the packed entities `words[word_ends[r-1]:word_ends[r]]`
+    and the expired keys `expired[expired_ends[r-1]:expired_ends[r]]` (a
+    record's expiries come before its entities). Going from the newest
+    record back, an entity (or an expiry) whose key was met already is left
+    out: the newer record replaces it. Writes the copies kept into `out` and
+    the expiries kept into `gone`; returns how many of each. `seen`: zeros,
+    a power of two of slots, over twice the keys of all the records.
+    """
+    n = m = 0
+    for r in range(word_ends.shape[0] - 1, -1, -1):
+        w = word_ends[r - 1] if r > 0 else 0
+        while w < word_ends[r]:
+            after = _skip_entity(features, kinds, words, w)
+            if _first_sight(seen, uint64(words[w])):
+                for i in range(w, after):
+                    out[n] = words[i]
+                    n += 1
+            w = after
+        for j in range(expired_ends[r - 1] if r > 0 else 0, expired_ends[r]):
+            if _first_sight(seen, expired[j]):
+                gone[m] = expired[j]
+                m += 1
+    return n, m
+
+
+@inline
+def _first_sight(seen, key) -> bool:
+    """Whether `key` is new to the set `seen` (open addressing, 0 empty): it is in it now."""
+    mask = seen.shape[0] - 1
+    slot = np.int64(key & uint64(mask))
+    while seen[slot] != uint64(0):
+        if seen[slot] == key:
+            return False
+        slot = (slot + 1) & mask
+    seen[slot] = key
+    return True
+
+
+@inline
+def _skip_entity(features, kinds, words, w) -> int:
+    """Where the entity packed at `words[w]` ends: `unpack_entities`' walk, reading nothing into state."""
+    k = words[w + 1]
+    rings = words[w + 2]
+    w += 3
+    for _ in range(rings):
+        w += 2 + 3 * words[w + 1]
+    w += kinds.last_width[k]
+    for q in range(kinds.first[k], kinds.first[k + 1]):
+        f = kinds.features[q]
+        if features.distinct_offset[f] >= 0:
+            mode, used = words[w], words[w + 1]
+            w += 2
+            if mode == MODE_HLL:
+                w += 1 + words[w] * (1 + HLL_WORDS)
+            else:
+                w += 2 * used
+    return w
+
+
 def shard_of_keys(keys: np.ndarray, shards: int) -> np.ndarray:
     """The shard each entity key belongs to."""
     return ((keys >> np.uint64(32)) % np.uint64(shards)).astype(np.int64)
 
 
-__all__ = ["pack_entities", "unpack_entities", "shard_of_keys", "NONE"]
+__all__ = ["pack_entities", "unpack_entities", "newest_entities", "shard_of_keys", "NONE"]

@@ -14,9 +14,11 @@ Once a snapshot has committed, every later transaction commits its changelog
 offset with the shard's offset on the shards topic, as the commit's metadata
 (`snapshot=<offset>`): the shard's next owner reads it with the committed
 offset it starts from, and restores from that snapshot on (`Restore`, the
-same replay the item engine's stores use). Without one it replays the
-shard's whole changelog; records hold whole entities, and a snapshot's first
-record replaces what came before, so that gives the same state, only slower.
+same replay the item engine's stores use; the records read are applied
+together, each entity loaded once from its newest copy). Without one it
+replays the shard's whole changelog; records hold whole entities, and a
+snapshot's first record replaces what came before, so that gives the same
+state, only slower.
 
 An aborted transaction leaves the core holding work that never committed:
 the engine throws the core's state away and restores every shard it holds
@@ -32,7 +34,7 @@ from typing import Final
 
 import orjson
 
-from streamguard.columnar.changes import LayoutMismatch
+from streamguard.columnar.changes import LayoutMismatch, ShardRecord
 from streamguard.columnar.core import BatchCore
 from streamguard.pipeline.engine import Engine
 from streamguard.pipeline.records import Incoming, Outgoing
@@ -166,6 +168,8 @@ class ColumnarEngine(Engine):
         started = time.monotonic()
         before = sum(self._core.state.entity_counts().values())
         restore_shards(self._settings, self._names.changelog, targets, self._lifetimes)
+        for target in targets.values():
+            target.apply()
         entities = sum(self._core.state.entity_counts().values()) - before
         seconds = time.monotonic() - started
         if shards:
@@ -194,12 +198,18 @@ class ColumnarEngine(Engine):
 
 
 class CoreShard:
-    """A shard of the batch core as a restore target (`RestoreTarget`): its snapshot offset is its checkpoint."""
+    """A shard of the batch core as a restore target (`RestoreTarget`): its snapshot offset is its checkpoint.
+
+    The records replayed are kept, decoded, and applied together (`apply`):
+    each entity is then loaded once, from its newest copy, however many
+    transactions since the snapshot changed it.
+    """
 
     def __init__(self, core: BatchCore, shard: int, snapshot: int | None) -> None:
         self._core = core
         self._shard = shard
         self.snapshot = snapshot  # the changelog offset of its last snapshot committed
+        self._records: list[ShardRecord] = []
         self._refused = 0
 
     @property
@@ -209,16 +219,22 @@ class CoreShard:
 
     def clear(self) -> None:
         self._core.forget(self._shard)
+        self._records.clear()
         self.snapshot = None
 
     def replay(self, record: bytes | None, changelog_offset: int) -> int:
         if record is None:
             return 0
         try:
-            self._core.restore(record)
+            self._records.append(self._core.decode(record))
         except LayoutMismatch as exc:
             if not self._refused:
                 log.warning("shard %d: changelog records of another layout are skipped (from offset %d): %s",
                             self._shard, changelog_offset, exc)  # fmt: skip
             self._refused += 1
         return 0
+
+    def apply(self) -> None:
+        """Put what was replayed into the core."""
+        self._core.restore(self._records)
+        self._records = []

@@ -15,6 +15,8 @@ consumed) has none. Nothing here knows Kafka.
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 from streamguard.columnar import changes
 from streamguard.columnar.core import BatchCore
 from streamguard.errors import AppBusy
@@ -25,19 +27,25 @@ class Regroup:
 
     def __init__(self, core: BatchCore) -> None:
         self._core = core  # holding every old shard (a new core does)
+        self._by_shard: dict[int, list[changes.ShardRecord]] = defaultdict(list)
         self.records_read = 0
 
     def add(self, record: bytes) -> None:
         """One changelog record; `changes.LayoutMismatch` for one of another layout or hash key."""
-        self._core.restore(record)
+        decoded = self._core.decode(record)
+        self._by_shard[decoded.shard].append(decoded)
         self.records_read += 1
 
     @property
     def entities(self) -> int:
+        """The entities of the records added, once `records` has replayed them."""
         return sum(self._core.state.entity_counts().values())
 
     def records(self, to_shards: int) -> dict[int, list[bytes]]:
         """Each new shard's state, as the records of a snapshot (an empty shard gets one that says so)."""
+        for held in self._by_shard.values():
+            self._core.restore(held)
+        self._by_shard.clear()
         if len(self._core.pending):
             raise AppBusy(
                 f"{len(self._core.pending)} events wait for other shards' answers in the changelog: start the "

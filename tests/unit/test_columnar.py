@@ -18,7 +18,15 @@ import numpy as np
 import pytest
 from rocksdict import Cache
 
-from streamguard.columnar.changes import LayoutMismatch, apply_record, decode, encode, layout_fingerprint, take_changes
+from streamguard.columnar.changes import (
+    LayoutMismatch,
+    apply_records,
+    decode,
+    encode,
+    layout_fingerprint,
+    snapshots,
+    take_changes,
+)
 from streamguard.columnar.columns import columns_of
 from streamguard.columnar.hashing import ColumnHashes, hash_column, hash_one
 from streamguard.columnar.layout import Layout
@@ -272,13 +280,41 @@ def test_a_replica_fed_each_batchs_change_records_holds_the_same_state():
             )
             expired_in_all += expired.size
             for records in take_changes(primary, fingerprint, expired, nothing, nothing, shards=6).values():
-                for record in records:
-                    apply_record(replica, decode(encode(record), fingerprint), shards=6)
+                apply_records(replica, [decode(encode(record), fingerprint) for record in records], shards=6)
             assert replica.entity_counts() == primary.entity_counts()
     assert expired_in_all > 50
     probe = sorted(_stream(300, seed=14, disorder_ms=240_000), key=lambda e: e.ts)
     probe = [msgspec.structs.replace(e, event_id=f"p{e.event_id}", ts=e.ts + 30 * 3_600_000 + 60_000) for e in probe]
     np.testing.assert_array_equal(_count(replica, layout, probe)[0], _count(primary, layout, probe)[0])
+
+
+def test_a_shards_records_applied_together_hold_what_applied_one_batch_at_a_time_holds():
+    """Each entity is loaded once, from its newest copy; an expiry after it wins; the replay starts at a snapshot."""
+    specs = _specs()
+    layout = Layout(specs, LATENESS)
+    primary, together = ColumnarState(layout, 3_600_000), ColumnarState(layout, 3_600_000, reserved=64)
+    fingerprint, nothing = layout_fingerprint(layout, HASHES), np.empty(0, np.uint64)
+    logs: dict[int, list] = {shard: [] for shard in range(6)}
+    expired_in_all = 0
+    stream = sorted(_stream(2000, seed=16, disorder_ms=240_000), key=lambda e: e.ts)
+    for day, shift in enumerate((0, 30 * 3_600_000)):  # a second day: the first day's entities expire
+        batch_events = [msgspec.structs.replace(e, event_id=f"{e.event_id}-{day}", ts=e.ts + shift) for e in stream]
+        for batch in _batches(batch_events, seed=17 + day):
+            _count(primary, layout, batch)
+            expired = primary.expire()
+            expired_in_all += expired.size
+            for shard, records in take_changes(primary, fingerprint, expired, nothing, nothing, 6).items():
+                logs[shard] += records
+        if day == 0:  # shards 0-2 written whole: their replay starts there
+            for shard, records in snapshots(primary, fingerprint, 6, [0, 1, 2]).items():
+                logs[shard] += records
+    assert all(len(log) > 20 for log in logs.values()) and expired_in_all > 50
+    for log in logs.values():
+        apply_records(together, [decode(encode(record), fingerprint) for record in log], shards=6)
+    assert together.entity_counts() == primary.entity_counts()
+    probe = sorted(_stream(300, seed=18, disorder_ms=240_000), key=lambda e: e.ts)
+    probe = [msgspec.structs.replace(e, event_id=f"p{e.event_id}", ts=e.ts + 30 * 3_600_000 + 60_000) for e in probe]
+    np.testing.assert_array_equal(_count(together, layout, probe)[0], _count(primary, layout, probe)[0])
 
 
 def test_a_record_of_another_layout_is_refused():
@@ -296,7 +332,7 @@ def test_a_record_of_another_layout_is_refused():
     same_layout = ColumnarState(state.layout, 3_600_000)
     _count(same_layout, same_layout.layout, _stream(20, seed=15, disorder_ms=1000))
     ((record,),) = take_changes(same_layout, ours, nothing, nothing, nothing, shards=1).values()
-    apply_record(state, decode(encode(record), ours), shards=1)
+    apply_records(state, [decode(encode(record), ours)], shards=1)
     assert state.entity_counts() == same_layout.entity_counts()
 
 

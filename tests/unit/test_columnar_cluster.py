@@ -243,6 +243,8 @@ def test_a_core_restored_from_each_shards_committed_snapshot_decides_as_one_repl
         core = _core()
         targets = {shard: CoreShard(core, shard, snapshot_at[shard] if from_snapshot else None) for shard in logs}
         Restore(FakeConsumer(logs), NAMES.changelog, targets).run()
+        for target in targets.values():
+            target.apply()
         return core
 
     later = [traffic.next_message(T0 + 20 * (3000 + i)) for i in range(400)]
