@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -138,13 +139,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from confluent_kafka import KafkaError, KafkaException
+
     from streamguard.app import create_app  # imports faust: only for the worker
-    from streamguard.pipeline.service import RestartingWorker
+    from streamguard.pipeline.service import START_AGAIN_AFTER_S, RestartingWorker, restart_in_place
     from streamguard.topics.admin import wait_for_broker
 
     wait_for_broker(settings)
-    _apply_topics(settings, quiet=True)
-    app, engine = create_app(settings)
+    try:
+        _apply_topics(settings, quiet=True)
+        app, engine = create_app(settings)
+    except KafkaException as exc:  # the broker answered, then went away again (it is restarting)
+        if exc.args[0].code() != KafkaError._TRANSPORT:
+            raise
+        print(f"streamguard: the broker went away while this worker was starting ({exc.args[0]}): starting again",
+              file=sys.stderr, flush=True)  # fmt: skip
+        time.sleep(START_AGAIN_AFTER_S)
+        restart_in_place()  # waits for the broker again, at most BROKER_WAIT_S
     worker = RestartingWorker(app, engine, loglevel=settings.log_level, override_logging=False)
     worker.execute_from_commandline()
     return 0

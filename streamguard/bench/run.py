@@ -37,7 +37,7 @@ from streamguard.bench.report import METHODS, PathResult, Report, Restart
 from streamguard.bench.worker import BenchWorker, start_worker
 from streamguard.errors import StreamguardError
 from streamguard.features.spec import FeatureSpec, load_features
-from streamguard.settings import Settings
+from streamguard.settings import DEFAULT_SHARDS, Settings
 from streamguard.topics import admin
 
 LOADS = (0.25, 0.5, 0.75)
@@ -255,10 +255,10 @@ def _two_workers(
     env = _worker_env(settings, prefix, app_id)
     pair = [start_worker(env, workdir / f"pair-{i}", _free_port(), workdir / f"pair-{i}.log") for i in (1, 2)]
     try:
-        _wait_for_split(pair, options.idle_timeout_s)
+        _wait_for_split(pair, DEFAULT_SHARDS, options.idle_timeout_s)  # what create_worker_topics made
+        consumer = outputs.reader(settings, topics.verdict_topics(prefix), f"{prefix}reader")  # before: verdicts timed
         cpu = sum(w.child.cpu_seconds() for w in pair)
         sent = _produce("2 workers", settings, prefix, options.events, options)
-        consumer = outputs.reader(settings, topics.verdict_topics(prefix), f"{prefix}reader")
 
         def check_alive() -> None:
             for w in pair:
@@ -275,15 +275,18 @@ def _two_workers(
     return _result("2 workers", sent, drained, rss), cpu
 
 
-def _wait_for_split(pair: list[BenchWorker], timeout_s: float) -> None:
-    """Until each worker holds some shards and, together, each shard once (the second's join has settled)."""
+def _wait_for_split(pair: list[BenchWorker], shards: int, timeout_s: float) -> None:
+    """Until each worker holds some shards and, together, each of the app's shards once (the join has settled)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        held = [w.stats()["shards"] for w in pair]
-        if all(held) and sorted(sum(held, [])) == list(range(len(sum(held, [])))) and not set(held[0]) & set(held[1]):
+        try:
+            held = [w.stats()["shards"] for w in pair]
+        except OSError:
+            held = [[], []]
+        if all(held) and sorted(held[0] + held[1]) == list(range(shards)):
             return
         time.sleep(0.3)
-    raise StreamguardError(f"the two workers did not split the shards in {timeout_s:.0f} s")
+    raise StreamguardError(f"the two workers did not split the {shards} shards in {timeout_s:.0f} s")
 
 
 def _floor_latency(

@@ -101,8 +101,14 @@ def encode(record: ShardRecord) -> bytes:
 
 
 def decode(data: bytes, fingerprint: int) -> ShardRecord:
-    """A record; `LayoutMismatch` if it was made under another layout than `fingerprint`'s."""
-    record = _decoder.decode(data)
+    """A record; `LayoutMismatch` if it was made under another layout than `fingerprint`'s, or is none at all."""
+    try:
+        record = _decoder.decode(data)
+    except msgspec.DecodeError:
+        raise LayoutMismatch(
+            "a changelog record that is no columnar state (the item engine's? STREAMGUARD_ENGINE must be the one "
+            "the app's changelog was written by); this state must be rebuilt from scratch"
+        ) from None
     if record.layout != fingerprint:
         raise LayoutMismatch(
             "a state record was made under another layout of features or state, or another hash key; this state "

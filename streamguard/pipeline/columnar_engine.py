@@ -226,7 +226,10 @@ class CoreShard:
         if record is None:
             return 0
         try:
-            self._records.append(self._core.decode(record))
+            decoded = self._core.decode(record)
+            if decoded.snapshot:  # it replaces what came before: no need to hold that
+                self._records.clear()
+            self._records.append(decoded)
         except LayoutMismatch as exc:
             if not self._refused:
                 log.warning("shard %d: changelog records of another layout are skipped (from offset %d): %s",

@@ -33,7 +33,10 @@ class Regroup:
     def add(self, record: bytes) -> None:
         """One changelog record; `changes.LayoutMismatch` for one of another layout or hash key."""
         decoded = self._core.decode(record)
-        self._by_shard[decoded.shard].append(decoded)
+        held = self._by_shard[decoded.shard]
+        if decoded.snapshot:  # it replaces what came before: no need to hold that
+            held.clear()
+        held.append(decoded)
         self.records_read += 1
 
     @property

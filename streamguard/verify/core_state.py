@@ -3,10 +3,11 @@
 The columnar engine keeps no RocksDB store (its state is in memory, and its
 changelog is the durable copy), so V6 has no store to compare with. What it
 checks instead is that the changelog is one a worker can restore: every
-committed record of every shard applies (from the first, as a restore
-without a snapshot does), made under the layout of the workers'
-settings. V7: once applied, no event is left waiting for other shards'
-answers.
+committed record of every shard decodes, was made under the layout of the
+workers' settings and in its own shard's partition, and each shard's records
+restore (from its last snapshot, as a worker's restore does: the records
+before it are replaced by it). V7: once restored, no event is left waiting
+for other shards' answers.
 """
 
 from __future__ import annotations
@@ -29,10 +30,17 @@ def replay(core: BatchCore, records: Iterable[Record]) -> tuple[Check, Check]:
         if record.value is None:
             continue
         try:
-            by_shard[record.partition].append(core.decode(record.value))
+            decoded = core.decode(record.value)
         except LayoutMismatch as exc:
             refused.append(f"shard {record.partition} offset {record.offset}: {exc}")
             continue
+        if decoded.shard != record.partition:
+            refused.append(f"shard {record.partition} offset {record.offset}: a record of shard {decoded.shard}")
+            continue
+        held = by_shard[record.partition]
+        if decoded.snapshot:  # what came before is decoded (its layout checked) and replaced
+            held.clear()
+        held.append(decoded)
         applied += 1
     for held in by_shard.values():
         core.restore(held)

@@ -327,6 +327,9 @@ def test_a_record_of_another_layout_is_refused():
     ((record,),) = take_changes(other, theirs, nothing, nothing, nothing, shards=1).values()
     with pytest.raises(LayoutMismatch, match="another layout"):
         decode(encode(record), layout_fingerprint(state.layout, HASHES))
+    item_changes = msgspec.msgpack.encode([[b"key", b"value"]])  # what the item engine's changelog holds
+    with pytest.raises(LayoutMismatch, match="no columnar state"):
+        decode(item_changes, layout_fingerprint(state.layout, HASHES))
     ours = layout_fingerprint(state.layout, HASHES)
     assert ours != layout_fingerprint(state.layout, ColumnHashes(b"another-hash-key-0123"))
     same_layout = ColumnarState(state.layout, 3_600_000)
