@@ -53,8 +53,9 @@ METHODS = {
     "produced, then the same throughput measure; CPU per event = the CPU seconds (utime + stime) both used while "
     "draining over those of the one worker's drain, for the same number of events",
     "rss": "VmHWM of the worker process from /proc/<pid>/status, at the end of the run",
-    "state": "bytes of the worker's <data dir>/state (RocksDB, after it stopped) / distinct entities of every "
-    "event it decided (ip, /24, device, fingerprint, account, phone, number block, card, codes, merchant)",
+    "state": "bytes of the worker's state in memory (memory_state_bytes of its stats page) plus its <data dir>/state "
+    "on disk (the item engine's RocksDB, after it stopped) / distinct entities of every event it decided (ip, /24, "
+    "device, fingerprint, account, phone, number block, card, codes, merchant)",
     "stalls": "mode's 'woke up too late' warnings in the worker's log (logged when a 1 s timer is over 300 ms late) "
     "and max_stall_ms of /streamguard/stats/ if the worker reports it",
 }

@@ -80,7 +80,7 @@ class BenchWorker:
         return sum(e for e, _ in found), sum(s for _, s in found)
 
     def state_bytes(self) -> int:
-        """Bytes on disk of its RocksDB stores (`<data dir>/state`)."""
+        """Bytes on disk of its RocksDB stores (`<data dir>/state`: the item engine's; none for the columnar one)."""
         return sum(p.stat().st_size for p in (self.data_dir / "state").rglob("*") if p.is_file())
 
 
