@@ -23,6 +23,7 @@ from streamguard.columnar.tables import (
     BLOCK,
     BLOCKS_FREE,
     BLOCKS_USED,
+    COMPACT,
     DIRTY,
     DISTINCT_USED,
     IDS_USED,
@@ -40,8 +41,11 @@ from streamguard.columnar.tables import (
     TOMBSTONES,
     USED,
     find_slot,
+    free_ring,
     insert_slot,
+    ring_span,
     table_full,
+    take_compact,
     take_ring,
 )
 from streamguard.kernels.window import HLL_REGISTERS, hll_estimate, hll_update
@@ -144,20 +148,19 @@ def count_batch(
                     out[i, f] = value
                 continue
             ring = entity * stride + features.ring_index[f]
-            base = entities.ring_at[ring]
-            slots, res = features.slots[f], features.resolution[f]
-            if base < 0:  # no event of the entity counted in this feature yet
+            if entities.ring_at[ring] == NONE:  # no event of the entity counted in this feature yet
                 if not counts:
                     if read:
                         out[i, f] = _empty_value(agg)
                     continue
-                base = take_ring(entities, f, slots)
-                entities.ring_at[ring] = base
+                entities.ring_at[ring] = take_compact(entities)
             if counts:
-                _add(entities, pool, features, caps, f, entity, base, slots, t_i, res, row_numbers, row_hashes)
+                _add(entities, pool, features, caps, f, entity, ring, t_i, row_numbers, row_hashes)
             if read:
-                oldest, newest = _bounds(entities.starts, base, slots, t_i, res, features.window_buckets[f], lateness)
-                out[i, f] = _read(entities, pool, features, f, entity, base, slots, oldest, newest, scratch)
+                first, n = ring_span(entities.ring_at[ring], features.slots[f])
+                oldest, newest = _bounds(entities.starts, first, n, t_i, features.resolution[f],
+                                         features.window_buckets[f], lateness)  # fmt: skip
+                out[i, f] = _read(entities, pool, features, f, entity, first, n, oldest, newest, scratch)
     return order.shape[0]
 
 
@@ -296,24 +299,49 @@ def _since_last(last, at, ts, counts, lateness) -> float:
 
 
 @inline
-def _ring_slot(starts, base, slots, ts, res) -> tuple[int, bool]:
-    """The ring slot of the bucket of `ts` and whether it was just claimed; -1 if `ts` is too old for the ring."""
+def _ring_slot(e, f, ring, ts, slots, res) -> tuple[int, int, bool]:
+    """The bucket of `ts`: its slot in the full ring, where it is held, and whether it was just claimed.
+
+    The slot is -1 if `ts` is too old for the ring (its slot holds a newer
+    bucket). A compact ring with no room for one more bucket is made full.
+    """
     bucket = ts // res
     slot = bucket % slots
-    held = starts[base + slot]
-    if held == bucket:
-        return slot, False
+    first, n = ring_span(e.ring_at[ring], slots)
+    at = first + slot
+    if n < slots:
+        at = -1
+        for held in range(first, first + n):
+            if e.starts[held] < 0 or e.starts[held] % slots == slot:
+                at = held
+                break
+        if at < 0:
+            at = _made_full(e, f, ring, first, slots) + slot
+    held = e.starts[at]
     if held > bucket:
-        return -1, False
-    starts[base + slot] = bucket
-    return slot, True
+        return -1, -1, False
+    e.starts[at] = bucket
+    return slot, at, held != bucket
 
 
 @inline
-def _bounds(starts, base, slots, ts, res, window_buckets, lateness) -> tuple[int, int]:
+def _made_full(e, f, ring, first, slots) -> int:
+    """The compact ring at `first` moved to a full ring of feature `f`; where that is."""
+    full = take_ring(e, f, slots)
+    for at in range(first, first + COMPACT):
+        bucket = e.starts[at]
+        e.starts[full + bucket % slots] = bucket
+        e.values[full + bucket % slots] = e.values[at]
+    free_ring(e, f, ring)
+    e.ring_at[ring] = full
+    return full
+
+
+@inline
+def _bounds(starts, first, n, ts, res, window_buckets, lateness) -> tuple[int, int]:
     """The oldest and newest bucket of the window read at `ts` (or at the ring's newest minus the lateness)."""
     newest_bucket = -1
-    for s in range(base, base + slots):
+    for s in range(first, first + n):
         if starts[s] > newest_bucket:
             newest_bucket = starts[s]
     newest_ts = -1 if newest_bucket < 0 else (newest_bucket + 1) * res - 1
@@ -323,12 +351,12 @@ def _bounds(starts, base, slots, ts, res, window_buckets, lateness) -> tuple[int
 
 
 @inline
-def _add(e, pool, features, caps, f, entity, base, slots, ts, res, numbers, row_hashes) -> None:
-    slot, fresh = _ring_slot(e.starts, base, slots, ts, res)
+def _add(e, pool, features, caps, f, entity, ring, ts, numbers, row_hashes) -> None:
+    slots = features.slots[f]
+    slot, at, fresh = _ring_slot(e, f, ring, ts, slots, features.resolution[f])
     if slot < 0:
         return
     agg = features.aggregate[f]
-    at = base + slot
     if agg in (COUNT, SUM):
         if fresh:
             e.values[at] = 0.0
@@ -426,37 +454,39 @@ def _clear_slot(hashes, masks, used, keep) -> int:
 
 
 @inline
-def _read(e, pool, features, f, entity, base, slots, oldest, newest, scratch) -> float:
+def _read(e, pool, features, f, entity, first, n, oldest, newest, scratch) -> float:
+    """The window [oldest, newest] of the ring whose `n` slots begin at `first`."""
     agg = features.aggregate[f]
     starts = e.starts
     if agg in (COUNT, SUM):
         total = 0.0
-        for s in range(base, base + slots):
+        for s in range(first, first + n):
             if oldest <= starts[s] <= newest:
                 total += e.values[s]
         return total
     if agg in (MIN, MAX):
         found, best = False, 0.0
-        for s in range(base, base + slots):
+        for s in range(first, first + n):
             if oldest <= starts[s] <= newest:
                 v = e.values[s]
                 if not found or (v > best) == (agg == MAX):
                     best, found = v, True
         return best if found else np.nan
+    slots = features.slots[f]
     window = uint64(0)
-    for s in range(slots):
-        if oldest <= starts[base + s] <= newest:
-            window |= uint64(1) << uint64(s)
+    for s in range(first, first + n):
+        if oldest <= starts[s] <= newest:
+            window |= uint64(1) << uint64(starts[s] % slots)
     d = e.distinct_at[entity] + features.distinct_offset[f]
     mode, block, used = e.distinct[3 * d + MODE], e.distinct[3 * d + BLOCK], e.distinct[3 * d + USED]
     if mode == MODE_HLL:
         return _hll_count(pool.registers[block], window, slots, scratch.registers)
     masks = e.masks[INLINE * d : INLINE * (d + 1)] if mode == MODE_INLINE else pool.masks[block]
-    n = 0
+    seen = 0
     for v in range(used):
         if masks[v] & window:
-            n += 1
-    return float(n)
+            seen += 1
+    return float(seen)
 
 
 @kernel

@@ -1,7 +1,7 @@
 """Entities to bytes and back: what a changelog record, a snapshot or an abort's reload carries.
 
 An entity packs to int64 words: its key and kind, its rings that were made
-(the feature, then each slot that holds a bucket: slot, bucket, value), its
+(the feature, then each bucket it holds: its slot in the full ring, the bucket, its value), its
 since_last times, and per
 distinct feature its mode and exact values with their slot masks (from the
 entity's chunk or its pool block), or its HyperLogLog registers for the ring
@@ -20,6 +20,7 @@ from streamguard.columnar.tables import (
     BLOCK,
     BLOCKS_FREE,
     BLOCKS_USED,
+    COMPACT,
     INLINE,
     MODE,
     MODE_HLL,
@@ -32,6 +33,8 @@ from streamguard.columnar.tables import (
     find_slot,
     free_ring,
     release_block,
+    ring_span,
+    take_compact,
     take_ring,
 )
 from streamguard.kernels.window import HLL_REGISTERS
@@ -59,17 +62,18 @@ def pack_entities(entities, pool, features, kinds, ids, out, ends) -> int:
         w += 1
         for q in range(kinds.first[k], kinds.first[k + 1]):
             f = kinds.features[q]
-            if features.ring_index[f] < 0 or e.ring_at[entity * stride + features.ring_index[f]] < 0:
+            if features.ring_index[f] < 0 or e.ring_at[entity * stride + features.ring_index[f]] == NONE:
                 continue
-            ring = e.ring_at[entity * stride + features.ring_index[f]]
+            slots = features.slots[f]
+            first, n = ring_span(e.ring_at[entity * stride + features.ring_index[f]], slots)
             out[w] = f
             head = w + 1
             w += 2
-            for s in range(features.slots[f]):
-                if e.starts[ring + s] >= 0:
-                    out[w] = s
-                    out[w + 1] = e.starts[ring + s]
-                    out[w + 2] = bits[ring + s]
+            for at in range(first, first + n):
+                if e.starts[at] >= 0:
+                    out[w] = e.starts[at] % slots
+                    out[w + 1] = e.starts[at]
+                    out[w + 2] = bits[at]
                     w += 3
             out[head] = (w - head - 1) // 3
             out[rings] += 1
@@ -110,11 +114,13 @@ def _pack_distinct(e, pool, features, kinds, f, entity, out, w) -> int:
     out[w + 1] = used
     w += 2
     if mode == MODE_HLL:
-        ring = e.ring_at[entity * kinds.ring_stride[0] + features.ring_index[f]]
+        slots = features.slots[f]
+        first, n = ring_span(e.ring_at[entity * kinds.ring_stride[0] + features.ring_index[f]], slots)
         head = w
         w += 1
-        for s in range(features.slots[f]):
-            if e.starts[ring + s] >= 0:
+        for at in range(first, first + n):
+            if e.starts[at] >= 0:
+                s = e.starts[at] % slots
                 out[w] = s
                 words = pool.registers[block, s].view(np.int64)
                 for r in range(HLL_WORDS):
@@ -159,11 +165,14 @@ def unpack_entities(entities, pool, ids, links, features, kinds, words, start, e
         for _ in range(rings):
             f, held = words[w], words[w + 1]
             w += 2
-            ring = take_ring(entities, f, features.slots[f])
-            entities.ring_at[entity * stride + features.ring_index[f]] = ring
-            for _ in range(held):
-                entities.starts[ring + words[w]] = words[w + 1]
-                bits[ring + words[w]] = words[w + 2]
+            compact = held <= COMPACT  # a compact ring holds its buckets one after the other, a full one in their slots
+            at = take_compact(entities) if compact else take_ring(entities, f, features.slots[f])
+            entities.ring_at[entity * stride + features.ring_index[f]] = at
+            first, _ = ring_span(at, features.slots[f])
+            for h in range(held):
+                to = first + (h if compact else words[w])
+                entities.starts[to] = words[w + 1]
+                bits[to] = words[w + 2]
                 w += 3
         last = entities.last_at[entity]
         for s in range(kinds.last_width[k]):

@@ -6,6 +6,12 @@ has counted one of its events (most never do: a chunk of the ring arena is
 taken the first time), and a chunk of the size its kind needs in the other
 arenas (see `layout`): one number per since_last feature, and per distinct
 feature its exact values.
+A ring starts compact: `COMPACT` slots holding its buckets in the order
+they came, whatever their place in the full ring (most entities are seen
+once or twice, in one or two buckets). The bucket that would need one slot
+more makes it a full ring: one slot per bucket of the window and the
+lateness, bucket `b` in slot `b % slots`. Both hold the same buckets, so a
+window reads the same from either; `ring_span` says where a ring's slots are.
 Distinct counts keep `INLINE` exact values in the entity's chunk; past that,
 a block of the pool (up to the feature's `distinct_cap` values); past the
 cap, one HyperLogLog per ring slot from the registers, seeded with the exact
@@ -33,6 +39,8 @@ from streamguard.columnar.jit import inline, kernel
 from streamguard.features.spec import MAX_SLOTS
 from streamguard.kernels.window import HLL_REGISTERS
 
+COMPACT = 4  # slots of a compact ring
+COMPACT_AT = -2  # `ring_at` of a compact ring at `starts[b]`: COMPACT_AT - b (NONE: no ring)
 INLINE = 8  # exact distinct values an entity keeps per feature before it takes a pool block
 MAX_LOAD = 0.6  # of a table's slots holding a key or a tombstone, before it is grown
 NONE = -1
@@ -48,14 +56,14 @@ class Entities(NamedTuple):
     slot_entity: np.ndarray  # int64[slots]
     key: np.ndarray  # uint64[ids]: ABSENT for a free id
     kind: np.ndarray  # int64[ids]
-    ring_at: np.ndarray  # int64[ids x ring stride]: each of the entity's rings in `starts`/`values` (NONE: not made)
+    ring_at: np.ndarray  # int64[ids x ring stride]: each of the entity's rings in `starts`/`values` (`ring_span`)
     last_at: np.ndarray  # int64[ids]: ... in `last`
     distinct_at: np.ndarray  # int64[ids]: ... in `distinct` (3 per feature) and `hashes`/`masks` (INLINE per feature)
     next_free: np.ndarray  # int64[ids]: the next free id of the same kind
     is_dirty: np.ndarray  # bool[ids]
     dirty: np.ndarray  # int64[ids]: the ids changed since `take_dirty`
     free_head: np.ndarray  # int64[kinds]: each kind's first free id (NONE)
-    ring_free: np.ndarray  # int64[features]: each feature's first free ring (NONE); a free ring's first slot: the next
+    ring_free: np.ndarray  # int64[features + 1]: each feature's first free ring, then the compact rings' (NONE)
     starts: np.ndarray  # int64[ring arena]: the bucket each ring slot holds (-1: none)
     values: np.ndarray  # float64[ring arena]
     last: np.ndarray  # int64[last arena]: newest ts counted (-1: none)
@@ -119,7 +127,7 @@ def new_entities(
         is_dirty=np.zeros(ids, np.bool_),
         dirty=np.zeros(ids, np.int64),
         free_head=np.full(kinds, NONE, np.int64),
-        ring_free=np.full(max(1, features), NONE, np.int64),
+        ring_free=np.full(features + 1, NONE, np.int64),
         starts=lazy_zeros(ring, np.int64),
         values=lazy_zeros(ring, np.float64),
         last=lazy_zeros(last, np.int64),
@@ -325,11 +333,12 @@ def _in_use(e, features, fs, entity, stride, watermark) -> bool:
         if features.last_offset[f] >= 0:
             newest = e.last[e.last_at[entity] + features.last_offset[f]]
         else:
-            base = e.ring_at[entity * stride + features.ring_index[f]]
-            if base < 0:
+            at = e.ring_at[entity * stride + features.ring_index[f]]
+            if at == NONE:
                 continue
+            first, n = ring_span(at, features.slots[f])
             bucket = -1
-            for s in range(base, base + features.slots[f]):
+            for s in range(first, first + n):
                 bucket = max(bucket, e.starts[s])
             newest = -1 if bucket < 0 else (bucket + 1) * features.resolution[f] - 1
         if newest >= 0 and newest >= watermark - features.lifetime[f]:
@@ -338,11 +347,31 @@ def _in_use(e, features, fs, entity, stride, watermark) -> bool:
 
 
 @inline
+def ring_span(at, slots) -> tuple[int, int]:
+    """Where the slots of the ring at `at` (a `ring_at` value, not NONE) begin, and how many it has."""
+    if at <= COMPACT_AT:
+        return COMPACT_AT - at, COMPACT
+    return at, slots
+
+
+@inline
+def take_compact(e) -> int:
+    """A compact ring (reused, or new), every slot empty; its `ring_at` value."""
+    compact = e.ring_free.shape[0] - 1
+    return COMPACT_AT - _take_slots(e, compact, COMPACT)
+
+
+@inline
 def take_ring(e, f, slots) -> int:
-    """A ring for feature `f` (reused from its free list, or new), every slot empty."""
-    at = e.ring_free[f]
+    """A full ring for feature `f` (reused from its free list, or new), every slot empty; its `ring_at` value."""
+    return _take_slots(e, f, slots)
+
+
+@inline
+def _take_slots(e, free_list, slots) -> int:
+    at = e.ring_free[free_list]
     if at != NONE:
-        e.ring_free[f] = e.starts[at]
+        e.ring_free[free_list] = e.starts[at]
     else:
         at = e.counters[RING_USED]
         e.counters[RING_USED] += slots
@@ -354,12 +383,16 @@ def take_ring(e, f, slots) -> int:
 
 @inline
 def free_ring(e, f, index) -> None:
-    """Give the ring at `ring_at[index]` (if made) back to feature `f`'s free list."""
+    """Give the ring at `ring_at[index]` (if made) back to its free list: feature `f`'s, or the compact rings'."""
     at = e.ring_at[index]
-    if at != NONE:
-        e.starts[at] = e.ring_free[f]
-        e.ring_free[f] = at
-        e.ring_at[index] = NONE
+    if at == NONE:
+        return
+    free_list = f
+    if at <= COMPACT_AT:
+        at, free_list = COMPACT_AT - at, e.ring_free.shape[0] - 1
+    e.starts[at] = e.ring_free[free_list]
+    e.ring_free[free_list] = at
+    e.ring_at[index] = NONE
 
 
 @inline
