@@ -32,10 +32,10 @@ from streamguard.columnar.state import ColumnarState, load, packed
 from streamguard.columnar.tables import (
     IDS_USED,
     INLINE,
-    LIVE,
-    TOMBSTONES,
     Memo,
     forget_entities,
+    forget_shard_entities,
+    forget_shard_memos,
     grown_memo,
     memo_get,
     memo_put,
@@ -321,17 +321,13 @@ def _newest(state: ColumnarState, records: list[ShardRecord]) -> tuple[np.ndarra
 
 def forget_shards(state: ColumnarState, gone: np.ndarray) -> None:
     """Forget the entities, event ids and fingerprints of the shards `gone` marks (they moved to another worker)."""
-    shards = gone.shape[0]
     if not gone.any():
         return
-    e = state.entities
-    keys = e.key[: int(e.counters[IDS_USED])]
-    keys = keys[keys > DELETED]
     kinds = state.layout.kind_arrays
-    forget_entities(e, state.pool, state.layout.arrays, kinds.features, kinds.first, int(kinds.ring_stride[0]),
-                    keys[gone[shard_of_keys(keys, shards)]])  # fmt: skip
+    forget_shard_entities(state.entities, state.pool, state.layout.arrays, kinds.features, kinds.first,
+                          int(kinds.ring_stride[0]), gone)  # fmt: skip
     for memo in (state.ids, state.links):
-        _forget_memo(memo, gone)
+        forget_shard_memos(memo, gone)
 
 
 def _entries(memo: Memo, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -349,12 +345,3 @@ def _put(memo: Memo, keys: np.ndarray, value: np.ndarray, ts: np.ndarray) -> Mem
     while (position := memo_put(memo, keys, value, ts, position)) < keys.shape[0]:
         memo = grown_memo(memo)
     return memo
-
-
-def _forget_memo(memo: Memo, gone: np.ndarray) -> None:
-    live = memo.keys > DELETED
-    dropped = live & gone[shard_of_keys(memo.keys, gone.shape[0])]
-    memo.keys[dropped] = DELETED
-    n = int(dropped.sum())
-    memo.counters[LIVE] -= n
-    memo.counters[TOMBSTONES] += n

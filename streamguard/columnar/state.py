@@ -41,8 +41,8 @@ EXPIRE_ROWS = 2_000  # the most entities (or memo slots) an `expire` call looks 
 # sweep comes round faster than entities are made.
 EXPIRE_ROWS_PER_EVENT = 16
 EXPIRE_MIN_ROWS = 256
-# Entities the arrays have room for before they grow (a copy). Memory is committed as entities come:
-# this reserves address space (some GiB), not memory.
+# Entities the arrays have room for before they grow (a copy), each taking as much as the widest kind
+# does. Memory is committed as entities come: this reserves address space (some GiB), not memory.
 RESERVED_ENTITIES = 1 << 20
 RING_SLOTS_PER_ENTITY = 32  # reserved on average: most entities have a ring or two
 
@@ -77,7 +77,7 @@ class ColumnarState:
         ids = self.reserved
         self.entities = new_entities(
             ids, len(layout.kinds), len(layout.specs), int(kinds.ring_stride[0]), ids * RING_SLOTS_PER_ENTITY,
-            ids * int(max(1, kinds.last_width.mean())), ids * int(max(1, kinds.distinct_width.mean())),
+            ids * int(max(1, kinds.last_width.max())), ids * int(max(1, kinds.distinct_width.max())),
         )  # fmt: skip
         block = max([s.distinct_cap for s in layout.specs if s.aggregate == "distinct"] + [1])
         self.pool = new_pool(128, block, 128)

@@ -308,6 +308,30 @@ def forget_entities(entities, pool, features, kind_features, kind_first, stride,
             free_entity(e, pool, features, kind_features[kind_first[kind] : kind_first[kind + 1]], stride, entity)
 
 
+@kernel
+def forget_shard_entities(entities, pool, features, kind_features, kind_first, stride, gone) -> None:
+    """Free every entity of the shards `gone` marks (a key's shard: its high 32 bits modulo the shard count)."""
+    e = entities
+    shards = uint64(gone.shape[0])
+    for entity in range(e.counters[IDS_USED]):
+        key = e.key[entity]
+        if key > uint64(DELETED) and gone[(key >> uint64(32)) % shards]:
+            kind = e.kind[entity]
+            free_entity(e, pool, features, kind_features[kind_first[kind] : kind_first[kind + 1]], stride, entity)
+
+
+@kernel
+def forget_shard_memos(memo, gone) -> None:
+    """Forget the entries of the shards `gone` marks."""
+    shards = uint64(gone.shape[0])
+    for slot in range(memo.keys.shape[0]):
+        key = memo.keys[slot]
+        if key > uint64(DELETED) and gone[(key >> uint64(32)) % shards]:
+            memo.keys[slot] = uint64(DELETED)
+            memo.counters[LIVE] -= 1
+            memo.counters[TOMBSTONES] += 1
+
+
 @inline
 def free_entity(e, pool, features, fs, stride, entity) -> None:
     """Take the entity out of the table; its id goes to its kind's free list, its rings and blocks to theirs."""
