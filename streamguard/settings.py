@@ -77,7 +77,8 @@ DOCS: Final[dict[str, str]] = {
         "are published there (keyed by event_id)."
     ),
     "batch_max_events": "The most records one transaction takes (a batch is what is there when it polls).",
-    "batch_max_span_ms": "The most event time one transaction covers (how far a replay may run ahead of its own work).",
+    "batch_max_span_ms": "The most event time one transaction covers while shards are spread over workers "
+    "(how far a replay may run ahead of the work it sends them).",
     "partition_buffer": "An input partition is paused while the event-time merge holds more of it (a memory bound).",
     "log_level": "Log level of the worker (DEBUG, INFO, WARNING, ERROR).",
     "shards": (

@@ -43,7 +43,7 @@ EXPIRE_ROWS_PER_EVENT = 16
 EXPIRE_MIN_ROWS = 256
 # Entities the arrays have room for before they grow (a copy), each taking as much as the widest kind
 # does. Memory is committed as entities come: this reserves address space (some GiB), not memory.
-RESERVED_ENTITIES = 1 << 20
+RESERVED_ENTITIES = 1 << 21
 RING_SLOTS_PER_ENTITY = 32  # reserved on average: most entities have a ring or two
 
 

@@ -162,7 +162,7 @@ class Engine:
 
     def _release(self) -> list[Incoming]:
         """The next batch: what is processed ahead of a transaction stays within one transaction's limits."""
-        processed, span = self._transactions.pending, self._settings.batch_max_span_ms
+        processed, span = self._transactions.pending, self._span_ms()
         room = self._settings.batch_max_events - len(processed.records)
         if room <= 0:
             return []
@@ -275,6 +275,18 @@ class Engine:
     def _heard(self, worker: str, progress: int) -> None:
         """A peer told how far it has read (`_tell_progress`)."""
         self._peers[worker] = (progress, time.monotonic())
+
+    def _span_ms(self) -> int:
+        """The most event time one transaction covers: `batch_max_span_ms`, unless this worker is alone.
+
+        The span keeps a batch from running ahead of the work it sends other
+        workers' shards, which they do a transaction later. A worker that holds
+        every shard, with no peer heard from, sends none: its transactions are
+        bounded by `batch_max_events` only (a replay of hours of history
+        would otherwise pay a transaction per minute of event time).
+        """
+        alone = len(self._owned) == self._names.shards and self._peer_horizon(0) is None
+        return CAUGHT_UP if alone else self._settings.batch_max_span_ms
 
     def _peer_horizon(self, span_ms: int) -> int | None:
         """How far this worker may read: the slowest peer heard from lately, plus `span_ms` (None: no peer)."""
