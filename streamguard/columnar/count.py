@@ -24,6 +24,7 @@ from streamguard.columnar.tables import (
     BLOCKS_FREE,
     BLOCKS_USED,
     COMPACT,
+    COMPACT_AT,
     DIRTY,
     DISTINCT_USED,
     IDS_USED,
@@ -43,9 +44,9 @@ from streamguard.columnar.tables import (
     find_slot,
     free_ring,
     insert_slot,
+    new_ring,
     ring_span,
     table_full,
-    take_compact,
     take_ring,
 )
 from streamguard.kernels.window import HLL_REGISTERS, hll_estimate, hll_update
@@ -153,7 +154,7 @@ def count_batch(
                     if read:
                         out[i, f] = _empty_value(agg)
                     continue
-                entities.ring_at[ring] = take_compact(entities)
+                entities.ring_at[ring] = new_ring(entities, f, features.slots[f], 1)
             if counts:
                 _add(entities, pool, features, caps, f, entity, ring, t_i, row_numbers, row_hashes)
             if read:
@@ -309,7 +310,7 @@ def _ring_slot(e, f, ring, ts, slots, res) -> tuple[int, int, bool]:
     slot = bucket % slots
     first, n = ring_span(e.ring_at[ring], slots)
     at = first + slot
-    if n < slots:
+    if e.ring_at[ring] <= COMPACT_AT:
         at = -1
         for held in range(first, first + n):
             if e.starts[held] < 0 or e.starts[held] % slots == slot:

@@ -20,7 +20,7 @@ from streamguard.columnar.tables import (
     BLOCK,
     BLOCKS_FREE,
     BLOCKS_USED,
-    COMPACT,
+    COMPACT_AT,
     INLINE,
     MODE,
     MODE_HLL,
@@ -32,10 +32,9 @@ from streamguard.columnar.tables import (
     USED,
     find_slot,
     free_ring,
+    new_ring,
     release_block,
     ring_span,
-    take_compact,
-    take_ring,
 )
 from streamguard.kernels.window import HLL_REGISTERS
 
@@ -165,10 +164,12 @@ def unpack_entities(entities, pool, ids, links, features, kinds, words, start, e
         for _ in range(rings):
             f, held = words[w], words[w + 1]
             w += 2
-            compact = held <= COMPACT  # a compact ring holds its buckets one after the other, a full one in their slots
-            at = take_compact(entities) if compact else take_ring(entities, f, features.slots[f])
+            at = new_ring(entities, f, features.slots[f], held)
             entities.ring_at[entity * stride + features.ring_index[f]] = at
             first, _ = ring_span(at, features.slots[f])
+            compact = (
+                at <= COMPACT_AT
+            )  # a compact ring holds its buckets one after the other, a full one in their slots
             for h in range(held):
                 to = first + (h if compact else words[w])
                 entities.starts[to] = words[w + 1]

@@ -379,6 +379,14 @@ def ring_span(at, slots) -> tuple[int, int]:
 
 
 @inline
+def new_ring(e, f, slots, buckets) -> int:
+    """A ring for feature `f` with room for `buckets`: compact if that fits and is smaller; its `ring_at` value."""
+    if buckets <= COMPACT < slots:
+        return take_compact(e)
+    return take_ring(e, f, slots)
+
+
+@inline
 def take_compact(e) -> int:
     """A compact ring (reused, or new), every slot empty; its `ring_at` value."""
     compact = e.ring_free.shape[0] - 1

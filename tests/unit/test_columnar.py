@@ -54,6 +54,8 @@ EXTRA = [  # what the shipped features do not use: sums and extremes, small dist
      "field": "account_id", "window": "30m", "resolution": "1m", "distinct_cap": 64},
     {"name": "accounts_by_ip_30m_cap4", "events": ["login"], "entity": "ip", "aggregate": "distinct",
      "field": "account_id", "window": "30m", "resolution": "1m", "distinct_cap": 4},
+    {"name": "logins_by_ip_10m_coarse", "events": ["login"], "entity": "ip", "aggregate": "count",
+     "window": "10m", "resolution": "10m"},  # a ring of 2 slots: fewer than a compact ring's
 ]  # fmt: skip
 
 
