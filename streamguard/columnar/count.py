@@ -46,6 +46,7 @@ from streamguard.columnar.tables import (
     insert_slot,
     new_ring,
     ring_span,
+    shard_of_key,
     table_full,
     take_ring,
 )
@@ -168,7 +169,7 @@ def count_batch(
 @inline
 def _is_local(owned, shards, key) -> bool:
     """Whether the shard of `key` (its high 32 bits modulo the shard count, as `shard_of_keys`) is held here."""
-    return owned[(key >> uint64(32)) % uint64(shards)]
+    return owned[shard_of_key(key, uint64(shards))]
 
 
 @inline

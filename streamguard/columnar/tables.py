@@ -308,14 +308,20 @@ def forget_entities(entities, pool, features, kind_features, kind_first, stride,
             free_entity(e, pool, features, kind_features[kind_first[kind] : kind_first[kind + 1]], stride, entity)
 
 
+@inline
+def shard_of_key(key, shards):
+    """The shard of `key`: its high 32 bits modulo the shard count (`pack.shard_of_keys` for a column)."""
+    return (key >> uint64(32)) % shards
+
+
 @kernel
 def forget_shard_entities(entities, pool, features, kind_features, kind_first, stride, gone) -> None:
-    """Free every entity of the shards `gone` marks (a key's shard: its high 32 bits modulo the shard count)."""
+    """Free every entity of the shards `gone` marks."""
     e = entities
     shards = uint64(gone.shape[0])
     for entity in range(e.counters[IDS_USED]):
         key = e.key[entity]
-        if key > uint64(DELETED) and gone[(key >> uint64(32)) % shards]:
+        if key > uint64(DELETED) and gone[shard_of_key(key, shards)]:
             kind = e.kind[entity]
             free_entity(e, pool, features, kind_features[kind_first[kind] : kind_first[kind + 1]], stride, entity)
 
@@ -326,7 +332,7 @@ def forget_shard_memos(memo, gone) -> None:
     shards = uint64(gone.shape[0])
     for slot in range(memo.keys.shape[0]):
         key = memo.keys[slot]
-        if key > uint64(DELETED) and gone[(key >> uint64(32)) % shards]:
+        if key > uint64(DELETED) and gone[shard_of_key(key, shards)]:
             memo.keys[slot] = uint64(DELETED)
             memo.counters[LIVE] -= 1
             memo.counters[TOMBSTONES] += 1
